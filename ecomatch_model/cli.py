@@ -1,0 +1,250 @@
+"""The ``ecomatch`` command: train, evaluate, calibrate, prune, model-info, make-sample
+(and scan, which lives in the pipelines package and is imported only when asked for)."""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import shlex
+import sys
+import time
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from . import card as cards
+from .api import Matcher, load, resolve_model_path
+from .checkpoint import Checkpoint, build_model, load_checkpoint, save
+from .config import CONFIGS, get_config
+from .data import parse_attribute_columns, read_listings
+from .model import DualMatcher, count_parameters, prunable_channels
+from .prune import prune_model
+from .text import Lexicon, TextEncoder, Vocabulary
+
+log = logging.getLogger("ecomatch")
+
+
+def _command_line() -> str:
+    return "ecomatch " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+
+
+def gflops_per_listing(model: DualMatcher) -> float:
+    """Forward GFLOP (2 x multiply-adds) for one listing with a full title and attribute slots."""
+    cfg = model.cfg
+    b, l, a = 1, cfg.text.max_len, cfg.max_attrs
+    args = (torch.zeros(b, 3, cfg.image.image_size, cfg.image.image_size), torch.ones(b, l, dtype=torch.long),
+            torch.ones(b, l, dtype=torch.bool), torch.ones(b, a, l), torch.ones(b, a, dtype=torch.bool),
+            torch.zeros(b, a, dtype=torch.long))
+    counter = FlopCounterMode(display=False)
+    with counter, torch.inference_mode():
+        model.eval()(*args)
+    return counter.get_total_flops() / 1e9
+
+
+def _model_for_info(name_or_path: str) -> tuple[str, DualMatcher]:
+    if name_or_path in CONFIGS:
+        cfg = get_config(name_or_path)
+        lexicon = Lexicon.from_seeds()
+        vocab = Vocabulary([], n_buckets=cfg.text.vocab_size - 1)  # the config's vocabulary size
+        return f"config {name_or_path}", build_model(cfg, vocab, lexicon)
+    return resolve_model_path(name_or_path), load_checkpoint(resolve_model_path(name_or_path)).model
+
+
+def cmd_model_info(args: argparse.Namespace) -> int:
+    what, model = _model_for_info(args.name)
+    cfg = model.cfg
+    rows = [("", model)]
+    if not cfg.pruned:
+        rows.append((f"after {cfg.prune_ratio:.0%} pruning", prune_model(model)))
+    print(f"{what}: input {cfg.image.image_size}x{cfg.image.image_size}, {cfg.image.grid}x{cfg.image.grid} "
+          f"image tokens, text {cfg.text.max_len} tokens, width d={cfg.image.width}, compressed width "
+          f"d/{cfg.compression}={cfg.embed_dim}")
+    for label, m in rows:
+        print(f"  {label or 'as built':<22} parameters {count_parameters(m):>12,} ({count_parameters(m) / 1e6:.2f}M)"
+              f"  prunable channels {prunable_channels(m):>7,}  GFLOPs/listing {gflops_per_listing(m):.3f}")
+    return 0
+
+
+def cmd_prune(args: argparse.Namespace) -> int:
+    ckpt = load_checkpoint(resolve_model_path(args.model))
+    before, ch_before = count_parameters(ckpt.model), prunable_channels(ckpt.model)
+    pruned = prune_model(ckpt.model, args.ratio)
+    after, ch_after = count_parameters(pruned), prunable_channels(pruned)
+    out = Checkpoint(pruned, ckpt.vocab, ckpt.lexicon, ckpt.thresholds,
+                     cards.replace_section(ckpt.card, "Pruning",
+                                           f"Pruned with `{_command_line()}`: prunable channels {ch_before:,} -> "
+                                           f"{ch_after:,}; parameters {before:,} -> {after:,}. Thresholds were "
+                                           "copied from the unpruned model: recalibrate with `ecomatch calibrate`."))
+    save(out, args.out)
+    print(f"parameters before {before:,} after {after:,} ({after / before:.1%}); prunable channels "
+          f"{ch_before:,} -> {ch_after:,} ({1 - ch_after / ch_before:.1%} removed); written to {args.out}")
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from .evaluate import build_eval_set, calibrate
+    from .train import TrainOptions, split_for_training, train
+    listings = read_listings(args.data, limit=args.limit)
+    train_set, val_set = split_for_training(listings, args.val_fraction, args.seed)
+    log.info("%d listings: %d train, %d validation", len(listings), len(train_set), len(val_set))
+    cfg = get_config(args.config)
+    opts = TrainOptions(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
+                        device=args.device)
+    t0 = time.time()
+    body = (f"Command: `{_command_line()}`\n\nData: `{args.data}`: {len(train_set)} training and "
+            f"{len(val_set)} validation listings (split by image content, seed {args.seed}).")
+    card = cards.section("Training", body)
+    ckpt = train(train_set, cfg, args.out, opts, parse_attribute_columns(args.attribute_columns),
+                 resume=args.resume, card=card)
+    minutes = (time.time() - t0) / 60
+    ckpt.card = cards.header(args.out, ckpt.model) + "\n" + card + f"\nWall time: {minutes:.1f} min on " \
+        f"{args.device} ({torch.get_num_threads()} threads); per-epoch curves in `train_log.jsonl` beside the " \
+        "training output.\n"
+    if len(val_set):
+        matcher = Matcher(ckpt, args.out, device=args.device)
+        ckpt.thresholds = calibrate(build_eval_set(matcher, val_set, args.max_eval, args.seed), args.precision)
+        ckpt.card = cards.replace_section(ckpt.card, "Calibration", _calibration_text(ckpt.thresholds, args.precision,
+                                                                                      "the validation split"))
+    save(ckpt, args.out)
+    print(f"trained {cfg.name} in {minutes:.1f} min; thresholds {json.dumps(ckpt.thresholds)}; written to {args.out}")
+    return 0
+
+
+def _calibration_text(thresholds: dict[str, float], precision: float, where: str) -> str:
+    rows = "\n".join(f"| {k} | {v:.4f} |" for k, v in sorted(thresholds.items()))
+    return (f"Command: `{_command_line()}`\n\nThresholds chosen on {where} for precision {precision:.2f} on "
+            "balanced sets (each kind's corrupted copies against the same listings unmodified); the "
+            "highest-recall threshold that reaches the precision is kept. A kind whose scores never reach "
+            "the precision gets 0 (never flags; `match` gets -1). Recalibrate for another catalogue with "
+            "`ecomatch calibrate --model M --data 'shards/*.parquet' --precision 0.9`.\n\n"
+            f"| kind | threshold |\n|---|---|\n{rows}")
+
+
+def cmd_calibrate(args: argparse.Namespace) -> int:
+    from .evaluate import build_eval_set, calibrate
+    path = resolve_model_path(args.model)
+    matcher = Matcher(load_checkpoint(path), args.model, device=args.device)
+    listings = read_listings(args.data)
+    ckpt = matcher.ckpt
+    ckpt.thresholds = calibrate(build_eval_set(matcher, listings, args.max_eval, args.seed), args.precision)
+    ckpt.card = cards.replace_section(ckpt.card, "Calibration",
+                                      _calibration_text(ckpt.thresholds, args.precision, f"`{args.data}`"))
+    save(ckpt, args.out or path)
+    print(json.dumps(ckpt.thresholds, indent=1))
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from .evaluate import evaluate
+    matcher = load(args.model, device=args.device)
+    report = evaluate(matcher, read_listings(args.data), n_queries=args.queries, negatives=args.negatives,
+                      seed=args.seed, max_listings=args.max_eval)
+    report["model"] = {"path": args.model, "sha256": matcher.sha256, "config": matcher.cfg.name}
+    report["data"] = args.data
+    text = json.dumps(report, indent=1, sort_keys=True)
+    if args.json:
+        with open(args.json, "w") as f:
+            f.write(text + "\n")
+    print(cards.metrics_block(report, _command_line()).split("<details>")[0])
+    if args.update_card:
+        ckpt = matcher.ckpt
+        ckpt.card = cards.replace_section(ckpt.card, args.card_section, cards.metrics_block(report, _command_line()))
+        save(ckpt, resolve_model_path(args.model))
+    return 0
+
+
+def cmd_make_sample(args: argparse.Namespace) -> int:
+    from .sample import write_sample
+    paths = write_sample(args.out, n=args.n, seed=args.seed, mismatch_rate=args.mismatch_rate,
+                         shards=args.shards, size=args.size)
+    print("\n".join(paths))
+    return 0
+
+
+def cmd_scan(argv: list[str]) -> int:
+    from pipelines.scan import main as scan_main  # Beam is only needed for scanning
+    return scan_main(argv)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="ecomatch", description="Image/text consistency scanner for catalogues.")
+    p.add_argument("-v", "--verbose", action="store_true")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("model-info", help="parameters, GFLOPs per listing and input size of a config or model")
+    s.add_argument("name", help=f"config name ({', '.join(CONFIGS)}), bundled model or checkpoint path")
+    s.set_defaults(fn=cmd_model_info)
+
+    s = sub.add_parser("prune", help="physically remove the least important channels")
+    s.add_argument("--model", required=True)
+    s.add_argument("--out", required=True)
+    s.add_argument("--ratio", type=float, default=None, help="share of channels to remove (default: config's)")
+    s.set_defaults(fn=cmd_prune)
+
+    s = sub.add_parser("train", help="train a model on listing Parquet shards")
+    s.add_argument("--data", required=True, help="Parquet glob (local or gs://)")
+    s.add_argument("--config", default="tiny", choices=sorted(CONFIGS))
+    s.add_argument("--out", required=True)
+    s.add_argument("--epochs", type=int, default=10)
+    s.add_argument("--batch-size", type=int, default=128)
+    s.add_argument("--lr", type=float, default=2e-3)
+    s.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    s.add_argument("--resume", action="store_true")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--limit", type=int, default=None, help="read at most this many listings")
+    s.add_argument("--val-fraction", type=float, default=0.1)
+    s.add_argument("--precision", type=float, default=0.9, help="calibration target on the validation split")
+    s.add_argument("--max-eval", type=int, default=3000)
+    s.add_argument("--attribute-columns", default=None, help="column=kind,... (default: the catalogue's)")
+    s.set_defaults(fn=cmd_train)
+
+    s = sub.add_parser("calibrate", help="choose thresholds for a target precision on labelled-clean data")
+    s.add_argument("--model", required=True)
+    s.add_argument("--data", required=True)
+    s.add_argument("--precision", type=float, default=0.9)
+    s.add_argument("--out", default=None, help="write the recalibrated checkpoint here (default: in place)")
+    s.add_argument("--max-eval", type=int, default=3000)
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--device", default=None)
+    s.set_defaults(fn=cmd_calibrate)
+
+    s = sub.add_parser("evaluate", help="retrieval and mismatch-detection metrics")
+    s.add_argument("--model", required=True)
+    s.add_argument("--data", required=True)
+    s.add_argument("--json", default=None)
+    s.add_argument("--queries", type=int, default=1000)
+    s.add_argument("--negatives", type=int, default=100)
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--max-eval", type=int, default=5000)
+    s.add_argument("--device", default=None)
+    s.add_argument("--update-card", action="store_true", help="write the results into the model card")
+    s.add_argument("--card-section", default="Evaluation")
+    s.set_defaults(fn=cmd_evaluate)
+
+    s = sub.add_parser("make-sample", help="render a synthetic sample catalogue")
+    s.add_argument("--out", required=True)
+    s.add_argument("--n", type=int, default=400)
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--mismatch-rate", type=float, default=0.2)
+    s.add_argument("--shards", type=int, default=2)
+    s.add_argument("--size", type=int, default=128)
+    s.set_defaults(fn=cmd_make_sample)
+
+    sub.add_parser("scan", help="run the violation scan (Apache Beam); see `ecomatch scan --help`",
+                   add_help=False)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["scan"]:
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        return cmd_scan(argv[1:])
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    return args.fn(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,150 @@
+"""Model configuration: one dataclass per tower plus a top-level config, and the registry
+of named variants (tiny, base, paper).
+
+A checkpoint's ``config.json`` is ``ModelConfig.to_json()``; loading rebuilds it with
+``ModelConfig.from_json`` which refuses unknown keys.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any, Callable, Mapping
+
+
+def _hidden_list(hidden: int | list[int], depth: int) -> list[int]:
+    return [int(hidden)] * depth if isinstance(hidden, int) else [int(h) for h in hidden]
+
+
+@dataclass
+class ImageConfig:
+    """ITransformer: conv stem with total stride ``patch``, then ``depth`` blocks."""
+
+    image_size: int = 64
+    patch: int = 8
+    stem_channels: int = 32
+    width: int = 128
+    depth: int = 2
+    heads: int = 4
+    mlp_hidden: list[int] | int = 256
+
+    def __post_init__(self) -> None:
+        self.mlp_hidden = _hidden_list(self.mlp_hidden, self.depth)
+        if self.image_size % self.patch or self.patch < 4 or self.patch & (self.patch - 1):
+            raise ValueError("image_size must be a multiple of patch, a power of two >= 4")
+        if len(self.mlp_hidden) != self.depth or self.width % self.heads:
+            raise ValueError("mlp_hidden needs one width per block; width must divide by heads")
+
+    @property
+    def grid(self) -> int:
+        return self.image_size // self.patch
+
+
+@dataclass
+class TextConfig:
+    """TTransformer over ``max_len`` tokens; ``vocab_size`` includes padding and buckets."""
+
+    vocab_size: int = 2048
+    max_len: int = 24
+    width: int = 128
+    depth: int = 2
+    heads: int = 4
+    mlp_hidden: list[int] | int = 256
+
+    def __post_init__(self) -> None:
+        self.mlp_hidden = _hidden_list(self.mlp_hidden, self.depth)
+        if len(self.mlp_hidden) != self.depth or self.width % self.heads:
+            raise ValueError("mlp_hidden needs one width per block; width must divide by heads")
+
+
+@dataclass
+class ModelConfig:
+    """The dual transformer with attribute-guided attention.
+
+    ``compression`` is the ratio r: image and text features are projected from the image
+    tower width d to ``d // compression`` before AGA and the matching head.
+    ``n_values`` / ``n_kinds`` come from the lexicon the model is trained with.
+    """
+
+    name: str = "tiny"
+    image: ImageConfig = field(default_factory=ImageConfig)
+    text: TextConfig = field(default_factory=TextConfig)
+    compression: int = 4
+    aga_heads: int = 2
+    max_attrs: int = 6
+    n_values: int = 128
+    n_kinds: int = 5
+    prune_ratio: float = 0.4
+    pruned: bool = False
+
+    @property
+    def embed_dim(self) -> int:
+        return self.image.width // self.compression
+
+    def __post_init__(self) -> None:
+        if isinstance(self.image, Mapping):
+            self.image = _strict(ImageConfig, self.image)
+        if isinstance(self.text, Mapping):
+            self.text = _strict(TextConfig, self.text)
+        if self.embed_dim % self.aga_heads:
+            raise ValueError("embed_dim (image width / compression) must divide by aga_heads")
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> "ModelConfig":
+        return _strict(cls, data)
+
+
+def _strict(cls: type, data: Mapping[str, Any]):
+    known = {f.name for f in fields(cls)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise ValueError(f"unknown {cls.__name__} keys in config: {', '.join(unknown)}")
+    return cls(**data)
+
+
+CONFIGS: dict[str, Callable[[], ModelConfig]] = {}
+
+
+def register(fn: Callable[[], ModelConfig]) -> Callable[[], ModelConfig]:
+    CONFIGS[fn.__name__] = fn
+    return fn
+
+
+@register
+def tiny() -> ModelConfig:
+    """Tests and the bundled synthetic-data model: under 2M parameters, 64x64 input."""
+    return ModelConfig(name="tiny",
+                       image=ImageConfig(image_size=64, patch=8, stem_channels=24, width=128,
+                                         depth=2, heads=4, mlp_hidden=256),
+                       text=TextConfig(vocab_size=2048, max_len=24, width=128, depth=2, heads=4,
+                                       mlp_hidden=256),
+                       compression=4, aga_heads=2)
+
+
+@register
+def base() -> ModelConfig:
+    """The default CPU-friendly model for real catalogue photos: 80x80 input."""
+    return ModelConfig(name="base",
+                       image=ImageConfig(image_size=80, patch=8, stem_channels=32, width=192,
+                                         depth=4, heads=6, mlp_hidden=512),
+                       text=TextConfig(vocab_size=9216, max_len=24, width=192, depth=3, heads=6,
+                                       mlp_hidden=512),
+                       compression=4, aga_heads=4)
+
+
+@register
+def paper() -> ModelConfig:
+    """The published design's size: 224x224 input, 38.6M parameters after 40% pruning."""
+    return ModelConfig(name="paper",
+                       image=ImageConfig(image_size=224, patch=16, stem_channels=64, width=512,
+                                         depth=8, heads=8, mlp_hidden=2048),
+                       text=TextConfig(vocab_size=8192, max_len=32, width=512, depth=6, heads=8,
+                                       mlp_hidden=2048),
+                       compression=4, aga_heads=8)
+
+
+def get_config(name: str) -> ModelConfig:
+    if name not in CONFIGS:
+        raise KeyError(f"unknown config {name!r}; known: {', '.join(CONFIGS)}")
+    return CONFIGS[name]()

@@ -1,0 +1,211 @@
+"""Evaluation and calibration.
+
+Retrieval follows the published FashionGen protocol: each query is ranked against its
+positive and 100 negatives drawn from the same ``sub_category`` where possible.
+Mismatch detection scores corrupted copies of the evaluation listings: an attribute word
+swapped for a value of another group of the same kind, or the image swapped with a
+listing of another article-type group.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from .api import ListingScore, Matcher
+from .data import Listings, article_groups, clean_indices, corrupt_attribute, image_swap_partner
+from .metrics import precision_recall, recall_at_k, roc_auc, threshold_for_precision
+from .preprocess import ImageDecodeError, normalize, to_uint8
+
+log = logging.getLogger(__name__)
+
+DETECTION_KINDS = ("colour", "article_type", "pattern")
+
+
+@dataclass
+class EvalSet:
+    """Clean evaluation listings with decoded pixels and their corrupted variants."""
+
+    listings: Listings
+    pixels: torch.Tensor          # (N, 3, S, S) uint8
+    clean: list[ListingScore]
+    corrupted: dict[str, tuple[np.ndarray, list[ListingScore], np.ndarray]]  # kind -> (rows, scores, slot)
+
+
+def _score(matcher: Matcher, pixels: torch.Tensor, titles: list[str]) -> list[ListingScore]:
+    out: list[ListingScore] = []
+    for s in range(0, len(titles), matcher.batch_size):
+        enc = matcher.encode_texts(titles[s:s + matcher.batch_size])
+        out.extend(matcher.results(matcher.forward(normalize(pixels[s:s + matcher.batch_size]), enc), enc))
+    return out
+
+
+def build_eval_set(matcher: Matcher, listings: Listings, max_listings: int | None, seed: int) -> EvalSet:
+    """Decode the clean listings once, score them and every corrupted variant."""
+    rng = np.random.default_rng(seed)
+    idx = clean_indices(listings)
+    if max_listings is not None and len(idx) > max_listings:
+        idx = np.sort(rng.choice(idx, max_listings, replace=False))
+    decoded, ok = [], []
+    for i in idx:
+        try:
+            decoded.append(to_uint8(listings.images[i], matcher.image_size))
+            ok.append(int(i))
+        except ImageDecodeError as exc:
+            log.warning("evaluation skips %s: %s", listings.ids[i], exc)
+    base = listings.take(ok)
+    pixels = torch.from_numpy(np.stack(decoded))
+    clean = _score(matcher, pixels, base.titles)
+    enc = matcher.text_encoder
+    corrupted = {}
+    for kind in matcher.lexicon.kinds:
+        rows, titles, slots = [], [], []
+        for i, title in enumerate(base.titles):
+            toks = enc.tokens(title)
+            hit = corrupt_attribute(toks, enc.lexicon.extract(toks)[: enc.max_attrs], enc.lexicon, rng, kind)
+            if hit is not None:
+                rows.append(i), titles.append(hit[0]), slots.append(hit[1])
+        if rows:
+            rows_a = np.asarray(rows)
+            corrupted[kind] = (rows_a, _score(matcher, pixels[rows_a], titles), np.asarray(slots))
+    groups = article_groups(base, enc.lexicon, enc.tokens)
+    pairs = [(i, image_swap_partner(i, groups, rng)) for i in range(len(base))]
+    pairs = [(i, j) for i, j in pairs if j is not None]
+    if pairs:
+        rows_a = np.asarray([i for i, _ in pairs])
+        partners = np.asarray([j for _, j in pairs])
+        corrupted["image"] = (rows_a, _score(matcher, pixels[partners], [base.titles[i] for i in rows_a]),
+                              np.full(len(rows_a), -1))
+    return EvalSet(base, pixels, clean, corrupted)
+
+
+def kind_score(s: ListingScore, kind: str) -> float | None:
+    """A listing's consistency for one kind (the lowest over its mentions), or the match
+    score for ``"image"``; None when it has no mention of that kind."""
+    if kind == "image":
+        return s.match
+    vals = [a.score for a in s.attributes if a.kind == kind]
+    return min(vals) if vals else None
+
+
+def detection_data(ev: EvalSet, kind: str) -> tuple[np.ndarray, np.ndarray]:
+    """(labels, score) for one corruption kind: corrupted copies (1) against the same
+    listings unmodified (0). Low score = mismatch."""
+    rows, scores, _ = ev.corrupted[kind]
+    bad = [kind_score(s, kind) for s in scores]
+    good = [kind_score(ev.clean[i], kind) for i in rows]
+    keep = [k for k in range(len(rows)) if bad[k] is not None and good[k] is not None]
+    labels = np.r_[np.ones(len(keep)), np.zeros(len(keep))]
+    return labels, np.asarray([bad[k] for k in keep] + [good[k] for k in keep], np.float64)
+
+
+def calibrate(ev: EvalSet, precision: float) -> dict[str, float]:
+    """Per-kind thresholds (and ``match``) reaching ``precision`` on balanced sets.
+    A kind whose scores cannot reach it gets threshold 0 (never flags)."""
+    thresholds = {}
+    for kind in ev.corrupted:
+        labels, score = detection_data(ev, kind)
+        t = threshold_for_precision(labels, score, precision) if len(labels) else None
+        name = "match" if kind == "image" else kind
+        thresholds[name] = t if t is not None else (-1.0 if kind == "image" else 0.0)
+        log.info("threshold %s = %s", name, thresholds[name] if t is not None else "disabled (precision not reached)")
+    return thresholds
+
+
+def flags(s: ListingScore) -> tuple[bool, int | None]:
+    """Whether a listing is flagged at its thresholds, and the attribute slot that scores
+    lowest against its threshold (None when it has no attributes)."""
+    margins = [a.score - a.threshold for a in s.attributes]
+    worst = int(np.argmin(margins)) if margins else None
+    return (s.match < s.match_threshold) or any(m < 0 for m in margins), worst
+
+
+def retrieval(matcher: Matcher, ev: EvalSet, n_queries: int, negatives: int, seed: int) -> dict[str, float]:
+    """R@1/5/10 image->text and text->image; negatives share the query's sub_category."""
+    rng = np.random.default_rng(seed + 1)
+    n = len(ev.listings)
+    with torch.inference_mode():
+        img = torch.cat([matcher.model.encode_image(normalize(ev.pixels[s:s + 256]).to(matcher.device))[1].cpu()
+                         for s in range(0, n, 256)]).numpy()
+    txt = matcher.embed_texts(ev.listings.titles)
+    sub = np.asarray(ev.listings.column("sub_category"))
+    titles = np.asarray([t.lower() for t in ev.listings.titles])
+    queries = rng.choice(n, min(n_queries, n), replace=False)
+    cand_i2t, cand_t2i = [], []
+    for q in queries:
+        distinct = titles != titles[q]
+        distinct[q] = False
+        same = np.flatnonzero(distinct & (sub == sub[q]))
+        other = np.flatnonzero(distinct & (sub != sub[q]))
+        take = rng.choice(same, min(negatives, len(same)), replace=False)
+        if len(take) < negatives:
+            take = np.r_[take, rng.choice(other, min(negatives - len(take), len(other)), replace=False)]
+        cand = np.r_[q, take]
+        cand_i2t.append(img[q] @ txt[cand].T)
+        cand_t2i.append(txt[q] @ img[cand].T)
+    width = min(len(c) for c in cand_i2t)
+    i2t = recall_at_k(np.stack([c[:width] for c in cand_i2t]), np.zeros(len(queries), int))
+    t2i = recall_at_k(np.stack([c[:width] for c in cand_t2i]), np.zeros(len(queries), int))
+    out = {f"image_to_text_R@{k}": v for k, v in i2t.items()}
+    out.update({f"text_to_image_R@{k}": v for k, v in t2i.items()})
+    out["queries"], out["candidates"] = len(queries), width
+    return out
+
+
+def evaluate(matcher: Matcher, listings: Listings, n_queries: int = 1000, negatives: int = 100,
+             seed: int = 0, max_listings: int | None = 5000) -> dict:
+    """All metrics for ``listings`` at the matcher's thresholds (see module docstring)."""
+    ev = build_eval_set(matcher, listings, max_listings, seed)
+    report: dict = {"listings": len(ev.listings), "thresholds": {k: matcher.threshold(k) for k in
+                                                                 ["match", *matcher.lexicon.kinds]}}
+    report["retrieval"] = retrieval(matcher, ev, n_queries, negatives, seed)
+    report["roc_auc"] = {}
+    for kind in ev.corrupted:
+        labels, score = detection_data(ev, kind)
+        report["roc_auc"][kind] = {"auc": roc_auc(labels, -score), "pairs": int(labels.sum())}
+    # Mixed set: every clean listing, and as many corrupted ones cycling colour, article
+    # type and image swaps (the kinds users care about most).
+    kinds = [k for k in ("colour", "article_type", "image") if k in ev.corrupted]
+    mixed_labels, mixed_flags, attributed, detected = [], [], 0, 0
+    for s in ev.clean:
+        mixed_labels.append(0), mixed_flags.append(flags(s)[0])
+    pos = {k: 0 for k in kinds}
+    for t in range(len(ev.clean)):
+        if not kinds:
+            break
+        kind = kinds[t % len(kinds)]
+        rows, scores, slots = ev.corrupted[kind]
+        c = pos[kind] % len(rows)
+        pos[kind] += 1
+        flagged, worst = flags(scores[c])
+        mixed_labels.append(1), mixed_flags.append(flagged)
+        if flagged and kind != "image":
+            detected += 1
+            attributed += int(worst == slots[c])
+    p, r = precision_recall(np.asarray(mixed_labels), np.asarray(mixed_flags))
+    clean_flags = np.asarray(mixed_flags[: len(ev.clean)])
+    report["at_thresholds"] = {"precision": p, "recall": r, "false_positive_rate": float(clean_flags.mean()),
+                               "clean": len(ev.clean), "corrupted": len(mixed_labels) - len(ev.clean),
+                               "attribution_accuracy": attributed / detected if detected else float("nan")}
+    report["ground_truth"] = ground_truth(matcher, listings)
+    return report
+
+
+def ground_truth(matcher: Matcher, listings: Listings) -> dict:
+    """Detection of mismatches labelled in a ``mismatch_kind`` column (synthetic samples)."""
+    kinds = listings.column("mismatch_kind")
+    idx = [i for i, k in enumerate(kinds) if k]
+    if not idx:
+        return {}
+    scores = matcher.score([listings.images[i] for i in idx], [listings.titles[i] for i in idx])
+    out: dict = {}
+    for i, s in zip(idx, scores):
+        flagged, worst = flags(s)
+        d = out.setdefault(kinds[i], {"total": 0, "flagged": 0, "right_kind": 0})
+        d["total"] += 1
+        d["flagged"] += int(flagged)
+        if flagged and kinds[i] != "image":
+            d["right_kind"] += int(worst is not None and s.attributes[worst].kind == kinds[i])
+    return out

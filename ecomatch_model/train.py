@@ -1,0 +1,277 @@
+"""Training: symmetric contrastive loss with a learned temperature (corrupted titles as
+extra hard negatives), plus the attribute-consistency loss that teaches AGA to ground
+attributes (true values against values of the same kind swapped in), plus a small L1 on
+the channel gates so their magnitude ranks channels for pruning.
+
+Resumable: each epoch ends with a checkpoint and a training state (safetensors + JSON,
+nothing pickled) under ``OUT/train_state``.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+
+from .checkpoint import Checkpoint, build_model, load_checkpoint, save
+from .config import ModelConfig
+from .data import Listings, content_split, corrupt_attribute
+from .model import DualMatcher, GatedMLP
+from .preprocess import ImageDecodeError, normalize, to_uint8
+from .text import EncodedText, Lexicon, TextEncoder, Vocabulary
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainOptions:
+    epochs: int = 10
+    batch_size: int = 128
+    lr: float = 2e-3
+    weight_decay: float = 0.05
+    warmup_steps: int = 50
+    gate_l1: float = 1e-2
+    attr_weight: float = 1.0
+    seed: int = 0
+    device: str = "cpu"
+    log_every: int = 20
+
+
+def decode_images(images: list[bytes], size: int) -> tuple[np.ndarray, np.ndarray]:
+    """(N, 3, S, S) uint8 letterboxed images and the indices that decoded."""
+    out, ok = [], []
+    for i, data in enumerate(images):
+        try:
+            out.append(to_uint8(data, size))
+            ok.append(i)
+        except ImageDecodeError as exc:
+            log.warning("skipping listing %d: %s", i, exc)
+    return (np.stack(out) if out else np.zeros((0, 3, size, size), np.uint8)), np.asarray(ok, np.int64)
+
+
+def augment(pixels: torch.Tensor, gen: torch.Generator, pad: int) -> torch.Tensor:
+    """Geometric augmentation only (never colour): random flip and shift on a white pad.
+    uint8 (B, 3, S, S) -> uint8 (B, 3, S, S)."""
+    b, _, s, _ = pixels.shape
+    flip = torch.rand(b, generator=gen) < 0.5
+    pixels = torch.where(flip.view(b, 1, 1, 1), pixels.flip(-1), pixels)
+    padded = F.pad(pixels, (pad, pad, pad, pad), value=255)
+    dx = torch.randint(0, 2 * pad + 1, (b,), generator=gen)
+    dy = torch.randint(0, 2 * pad + 1, (b,), generator=gen)
+    return torch.stack([padded[i, :, dy[i]:dy[i] + s, dx[i]:dx[i] + s] for i in range(b)])
+
+
+def _tensors(enc: EncodedText, device: torch.device) -> tuple[torch.Tensor, ...]:
+    return tuple(torch.from_numpy(a).to(device) for a in (enc.ids, enc.mask, enc.attr_mask, enc.attr_valid,
+                                                          enc.attr_value))
+
+
+def losses(model: DualMatcher, pixels: torch.Tensor, clean: EncodedText, corrupt: EncodedText,
+           corrupt_slot: np.ndarray, device: torch.device, opts: TrainOptions) -> dict[str, torch.Tensor]:
+    """All training losses for one batch. ``corrupt_slot[i]`` is the attribute slot of
+    listing i swapped in ``corrupt`` (-1 when listing i has nothing to swap)."""
+    img_tokens, img_emb = model.encode_image(pixels)
+    ids, mask, amask, avalid, avalue = _tensors(clean, device)
+    cids, cmask, camask, cavalid, cavalue = _tensors(corrupt, device)
+    txt_states, txt_emb = model.encode_text(ids, mask)
+    c_states, c_emb = model.encode_text(cids, cmask)
+    b = pixels.shape[0]
+    has_corrupt = torch.from_numpy(corrupt_slot >= 0).to(device)
+
+    # Contrastive: image -> [clean texts; corrupted texts of the same batch], text -> images.
+    scale = model.contrast_scale.exp().clamp(max=100.0)
+    neg = c_emb[has_corrupt]
+    logits_i2t = scale * img_emb @ torch.cat([txt_emb, neg]).t()          # (B, B + C)
+    logits_t2i = scale * txt_emb @ img_emb.t()                              # (B, B)
+    target = torch.arange(b, device=device)
+    contrast = (F.cross_entropy(logits_i2t, target) + F.cross_entropy(logits_t2i, target)) / 2
+
+    # Attribute consistency on clean titles: classify the mentioned value within its kind
+    # and push its sigmoid score to 1.
+    logits, score, _ = model.attend(img_tokens, txt_states, amask, avalid, avalue)
+    valid = avalid.reshape(-1)
+    flat_logits = logits.reshape(-1, logits.shape[-1])[valid]
+    flat_value = avalue.reshape(-1)[valid]
+    own = flat_logits.gather(1, flat_value[:, None]).squeeze(1)
+    attr_ce = F.cross_entropy(flat_logits, flat_value) if valid.any() else own.sum() * 0
+    pos_bce = F.binary_cross_entropy_with_logits(own, torch.ones_like(own)) if valid.any() else own.sum() * 0
+
+    # Swapped-in values: the corrupted mention's score goes to 0.
+    c_logits, _, _ = model.attend(img_tokens, c_states, camask, cavalid, cavalue)
+    rows = torch.nonzero(has_corrupt).squeeze(1)
+    if len(rows):
+        slots = torch.from_numpy(corrupt_slot).to(device)[rows]
+        bad = c_logits[rows, slots].gather(1, cavalue[rows, slots][:, None]).squeeze(1)
+        neg_bce = F.binary_cross_entropy_with_logits(bad, torch.zeros_like(bad))
+    else:
+        neg_bce = own.sum() * 0
+
+    gates = torch.cat([m.gate.abs() for m in model.modules() if isinstance(m, GatedMLP)])
+    total = contrast + opts.attr_weight * (attr_ce + pos_bce + neg_bce) + opts.gate_l1 * gates.mean()
+    return {"loss": total, "contrast": contrast, "attr_ce": attr_ce, "pos_bce": pos_bce, "neg_bce": neg_bce}
+
+
+def corrupt_batch(encoder: TextEncoder, titles: list[str], rng: np.random.Generator) -> tuple[EncodedText, np.ndarray]:
+    """Each title with one attribute swapped for a value of another group (where possible)."""
+    out_titles, slots, new_values = [], [], []
+    for t in titles:
+        toks = encoder.tokens(t)
+        mentions = encoder.lexicon.extract(toks)[: encoder.max_attrs]
+        hit = corrupt_attribute(toks, mentions, encoder.lexicon, rng)
+        out_titles.append(t if hit is None else hit[0])
+        slots.append(-1 if hit is None else hit[1])
+        new_values.append(None if hit is None else hit[2])
+    enc = encoder.encode(out_titles)
+    slots_arr = np.asarray(slots)
+    # Keep a slot only where re-extraction finds the swapped-in value there (a swap can
+    # merge with a neighbouring word or fall past the length limit).
+    for i, j in enumerate(slots_arr):
+        if j >= 0 and (j >= len(enc.mentions[i]) or enc.mentions[i][j].value != new_values[i]):
+            slots_arr[i] = -1
+    return enc, slots_arr
+
+
+def _param_groups(model: DualMatcher, weight_decay: float) -> list[dict]:
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        (no_decay if p.ndim < 2 or name.endswith("pos") else decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def _save_state(out: str, opt: torch.optim.Optimizer, epoch: int, step: int) -> None:
+    state_dir = os.path.join(out, "train_state")
+    os.makedirs(state_dir, exist_ok=True)
+    tensors, meta = {}, {"epoch": epoch, "step": step, "params": {}}
+    for i, (pid, st) in enumerate(opt.state_dict()["state"].items()):
+        for k, v in st.items():
+            if torch.is_tensor(v) and v.ndim > 0:
+                tensors[f"{pid}.{k}"] = v.contiguous()
+            else:
+                meta["params"].setdefault(str(pid), {})[k] = float(v)
+    save_file(tensors, os.path.join(state_dir, "optimizer.safetensors"))
+    with open(os.path.join(state_dir, "state.json"), "w") as f:
+        json.dump(meta, f)
+
+
+def _load_state(out: str, opt: torch.optim.Optimizer) -> tuple[int, int]:
+    state_dir = os.path.join(out, "train_state")
+    with open(os.path.join(state_dir, "state.json")) as f:
+        meta = json.load(f)
+    tensors = load_file(os.path.join(state_dir, "optimizer.safetensors"))
+    sd = opt.state_dict()
+    state: dict = {}
+    for key, v in tensors.items():
+        pid, name = key.split(".", 1)
+        state.setdefault(int(pid), {})[name] = v
+    for pid, scalars in meta["params"].items():
+        for k, v in scalars.items():
+            state.setdefault(int(pid), {})[k] = torch.tensor(v)
+    sd["state"] = state
+    opt.load_state_dict(sd)
+    return meta["epoch"], meta["step"]
+
+
+def prepare_text(train: Listings, cfg: ModelConfig, columns: dict[str, str]) -> tuple[Vocabulary, Lexicon]:
+    """Lexicon = curated seeds grown from the training rows' columns; vocabulary from titles."""
+    lexicon = Lexicon.from_seeds().extended(train.rows(), columns)
+    lex_words = {w for forms in lexicon.entries.values() for v, (_, fs) in forms.items()
+                 for f in [v, *fs] for w in f.split()}
+    n_buckets = 1024 if cfg.text.vocab_size > 4096 else 512
+    max_words = max(256, cfg.text.vocab_size - n_buckets - 1 - len(lex_words))
+    vocab = Vocabulary.build(train.titles, lex_words, max_words=max_words, n_buckets=n_buckets)
+    return vocab, lexicon
+
+
+def train(listings: Listings, cfg: ModelConfig, out: str, opts: TrainOptions, columns: dict[str, str],
+          resume: bool = False, card: str = "") -> Checkpoint:
+    """Train on ``listings`` and write a checkpoint to ``out`` after every epoch."""
+    torch.manual_seed(opts.seed)
+    device = torch.device(opts.device)
+    if resume:
+        ckpt = load_checkpoint(out)
+        model, vocab, lexicon = ckpt.model, ckpt.vocab, ckpt.lexicon
+    else:
+        vocab, lexicon = prepare_text(listings, cfg, columns)
+        model = build_model(cfg, vocab, lexicon)
+    model.to(device).train()
+    cfg = model.cfg
+    encoder = TextEncoder(vocab, lexicon, cfg.text.max_len, cfg.max_attrs)
+    size = cfg.image.image_size
+    t0 = time.time()
+    pixels_u8, ok = decode_images(listings.images, size)
+    titles = [listings.titles[i] for i in ok]
+    clean_all = encoder.encode(titles)
+    log.info("decoded %d/%d images at %dpx in %.1fs", len(ok), len(listings), size, time.time() - t0)
+
+    n = len(titles)
+    steps_per_epoch = max(1, n // opts.batch_size)
+    total_steps = steps_per_epoch * opts.epochs
+    opt = torch.optim.AdamW(_param_groups(model, opts.weight_decay), lr=opts.lr, betas=(0.9, 0.98))
+    start_epoch, step = (_load_state(out, opt) if resume else (0, 0))
+
+    def lr_at(s: int) -> float:
+        if s < opts.warmup_steps:
+            return opts.lr * (s + 1) / opts.warmup_steps
+        frac = (s - opts.warmup_steps) / max(1, total_steps - opts.warmup_steps)
+        return opts.lr * 0.5 * (1 + math.cos(math.pi * min(1.0, frac)))
+
+    ckpt = Checkpoint(model, vocab, lexicon, {}, card)
+    log_path = os.path.join(out, "train_log.jsonl")
+    os.makedirs(out, exist_ok=True)
+    for epoch in range(start_epoch, opts.epochs):
+        rng = np.random.default_rng([opts.seed, epoch])
+        gen = torch.Generator().manual_seed(opts.seed * 1000 + epoch)
+        order = rng.permutation(n)
+        sums: dict[str, float] = {}
+        t_epoch, seen = time.time(), 0
+        for bi in range(steps_per_epoch):
+            idx = np.sort(order[bi * opts.batch_size:(bi + 1) * opts.batch_size])
+            batch_titles = [titles[i] for i in idx]
+            clean = EncodedText(clean_all.ids[idx], clean_all.mask[idx], clean_all.attr_mask[idx],
+                                clean_all.attr_valid[idx], clean_all.attr_value[idx],
+                                [clean_all.mentions[i] for i in idx])
+            corrupt, slots = corrupt_batch(encoder, batch_titles, rng)
+            px = normalize(augment(torch.from_numpy(pixels_u8[idx]), gen, pad=max(2, size // 16))).to(device)
+            for g in opt.param_groups:
+                g["lr"] = lr_at(step)
+            parts = losses(model, px, clean, corrupt, slots, device, opts)
+            opt.zero_grad(set_to_none=True)
+            parts["loss"].backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            opt.step()
+            step += 1
+            seen += len(idx)
+            for k, v in parts.items():
+                sums[k] = sums.get(k, 0.0) + float(v.detach())
+            if (bi + 1) % opts.log_every == 0 or bi + 1 == steps_per_epoch:
+                rate = seen / max(1e-9, time.time() - t_epoch)
+                log.info("epoch %d step %d/%d loss %.4f (contrast %.3f attr_ce %.3f pos %.3f neg %.3f) "
+                         "%.0f listings/s", epoch + 1, bi + 1, steps_per_epoch, sums["loss"] / (bi + 1),
+                         sums["contrast"] / (bi + 1), sums["attr_ce"] / (bi + 1), sums["pos_bce"] / (bi + 1),
+                         sums["neg_bce"] / (bi + 1), rate)
+        record = {"epoch": epoch + 1, "step": step, "seconds": round(time.time() - t_epoch, 2),
+                  "listings_per_s": round(seen / max(1e-9, time.time() - t_epoch), 1),
+                  **{k: round(v / steps_per_epoch, 5) for k, v in sums.items()}}
+        with open(log_path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+        model.eval()
+        save(ckpt, out)
+        _save_state(out, opt, epoch + 1, step)
+        model.train()
+    model.eval()
+    return ckpt
+
+
+def split_for_training(listings: Listings, val_fraction: float, seed: int) -> tuple[Listings, Listings]:
+    """Content-based train/validation split of the clean listings."""
+    clean = [i for i, k in enumerate(listings.column("mismatch_kind")) if not k]
+    base = listings.take(clean)
+    tr, va = content_split(base.images, val_fraction, seed)
+    return base.take(tr), base.take(va)

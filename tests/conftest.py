@@ -1,0 +1,46 @@
+"""Shared fixtures: a tiny model with a small real lexicon and vocabulary, built in-process."""
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from ecomatch_model.checkpoint import Checkpoint, build_model
+from ecomatch_model.config import get_config
+from ecomatch_model.text import Lexicon, Vocabulary
+
+
+@pytest.fixture(scope="session")
+def lexicon() -> Lexicon:
+    return Lexicon.from_seeds()
+
+
+@pytest.fixture(scope="session")
+def vocab() -> Vocabulary:
+    return Vocabulary.build(["Ardent Men Navy Blue Cotton T-Shirt", "Kestrel Women Red Dress"] * 2, n_buckets=64)
+
+
+@pytest.fixture()
+def tiny_ckpt(lexicon, vocab) -> Checkpoint:
+    torch.manual_seed(0)
+    model = build_model(get_config("tiny"), vocab, lexicon).eval()
+    # Untrained gates are all one; spread them so pruning has an order to follow.
+    with torch.no_grad():
+        for m in model.modules():
+            if hasattr(m, "gate"):
+                m.gate.copy_(torch.rand(m.gate.shape))
+    return Checkpoint(model, vocab, lexicon, {"match": 0.1, "colour": 0.4}, "# card\n\nsha `{weights_sha256}`\n")
+
+
+def jpeg_bytes(colour=(200, 30, 30), size=(90, 120)) -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", size, colour).save(buf, "JPEG", quality=90)
+    return buf.getvalue()
+
+
+@pytest.fixture()
+def red_jpeg() -> bytes:
+    return jpeg_bytes()

@@ -1,0 +1,73 @@
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from ecomatch_model import load
+from ecomatch_model.api import Matcher
+from ecomatch_model.checkpoint import save
+from ecomatch_model.preprocess import ImageDecodeError, letterbox, open_image, preprocess, to_uint8
+
+
+def test_score_bytes_and_pil_agree(tiny_ckpt, tmp_path, red_jpeg):
+    save(tiny_ckpt, str(tmp_path / "m"))
+    m = load(str(tmp_path / "m"))
+    pil = Image.open(io.BytesIO(red_jpeg))
+    out = m.score([red_jpeg, pil], ["Ardent Men Red Cotton Shirt", "Ardent Men Red Cotton Shirt"])
+    assert len(out) == 2
+    a, b = out
+    assert a.match == pytest.approx(b.match, abs=1e-4)
+    assert [(x.kind, x.value, x.span) for x in a.attributes] == [
+        ("gender", "men", (1, 2)), ("colour", "red", (2, 3)), ("material", "cotton", (3, 4)), ("article_type", "shirt", (4, 5))]
+    for x in a.attributes:
+        assert 0 <= x.score <= 1 and x.attention.shape == (8, 8)
+        assert x.threshold == {"colour": 0.4}.get(x.kind, 0.5)
+        assert x.suggestion in m.lexicon.values_of(x.kind) and x.suggestion != x.value
+    assert a.match_threshold == 0.1
+
+
+def test_embeddings_normalised(tiny_ckpt, red_jpeg):
+    m = Matcher(tiny_ckpt)
+    img = m.embed_images([red_jpeg] * 3)
+    txt = m.embed_texts(["red shirt", "blue tee", ""])
+    assert img.shape == (3, tiny_ckpt.model.cfg.embed_dim) == txt.shape
+    assert np.allclose(np.linalg.norm(img, axis=1), 1, atol=1e-5) and np.allclose(np.linalg.norm(txt, axis=1), 1, atol=1e-5)
+    # The match score is the cosine of these embeddings.
+    s = m.score([red_jpeg], ["red shirt"])[0]
+    assert s.match == pytest.approx(float(img[0] @ txt[0]), abs=1e-4)
+
+
+def test_letterbox_keeps_aspect_on_white():
+    img = Image.new("RGB", (40, 20), (0, 0, 0))
+    arr = letterbox(img, 16)
+    assert arr.shape == (3, 16, 16) and arr.dtype == np.uint8
+    assert (arr[:, :4, :] == 255).all() and (arr[:, 12:, :] == 255).all() and (arr[:, 4:12, :] == 0).all()
+
+
+def test_transparent_png_composited_on_white():
+    buf = io.BytesIO()
+    Image.new("RGBA", (8, 8), (255, 0, 0, 0)).save(buf, "PNG")
+    assert (to_uint8(buf.getvalue(), 8) == 255).all()
+
+
+def test_bad_images_raise_clear_errors():
+    with pytest.raises(ImageDecodeError, match="empty"):
+        open_image(b"", 64)
+    with pytest.raises(ImageDecodeError, match="cannot identify"):
+        open_image(b"not an image", 64)
+    buf = io.BytesIO()
+    Image.new("L", (5000, 5000)).save(buf, "PNG")
+    with pytest.raises(ImageDecodeError, match="over the cap"):
+        open_image(buf.getvalue(), 64, max_pixels=1_000_000)
+
+
+def test_preprocess_normalises(red_jpeg):
+    x = preprocess([red_jpeg], 32)
+    assert x.shape == (1, 3, 32, 32) and x.dtype.is_floating_point
+    assert x[0, 0, 16, 16] > 1.0 and x[0, 1, 16, 16] < -1.0   # red stays red
+
+
+def test_unknown_model_name_is_clear():
+    with pytest.raises(FileNotFoundError, match="no model at 'nope'"):
+        load("nope")

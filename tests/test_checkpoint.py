@@ -1,0 +1,90 @@
+import json
+import os
+
+import pytest
+import torch
+
+from ecomatch_model.checkpoint import CheckpointError, load_checkpoint, save
+from ecomatch_model.prune import prune_model
+
+
+def test_roundtrip_bit_exact(tiny_ckpt, tmp_path):
+    sha = save(tiny_ckpt, str(tmp_path / "m"))
+    back = load_checkpoint(str(tmp_path / "m"))
+    a, b = tiny_ckpt.model.state_dict(), back.model.state_dict()
+    assert a.keys() == b.keys()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert back.thresholds == tiny_ckpt.thresholds and back.weights_sha256 == sha
+    assert back.lexicon.values == tiny_ckpt.lexicon.values and back.vocab.words == tiny_ckpt.vocab.words
+    assert sha in (tmp_path / "m" / "MODEL_CARD.md").read_text()
+    # Saving again gives identical files.
+    save(back, str(tmp_path / "m2"))
+    for name in ("weights.safetensors", "config.json", "manifest.json"):
+        assert (tmp_path / "m" / name).read_bytes() == (tmp_path / "m2" / name).read_bytes()
+
+
+def test_pruned_checkpoint_roundtrip(tiny_ckpt, tmp_path):
+    tiny_ckpt.model = prune_model(tiny_ckpt.model)
+    save(tiny_ckpt, str(tmp_path / "p"))
+    back = load_checkpoint(str(tmp_path / "p"))
+    assert back.model.cfg.image.mlp_hidden == tiny_ckpt.model.cfg.image.mlp_hidden
+    assert back.model.cfg.pruned
+
+
+def test_tampered_weights_fail_sha_check(tiny_ckpt, tmp_path):
+    save(tiny_ckpt, str(tmp_path / "m"))
+    w = tmp_path / "m" / "weights.safetensors"
+    data = bytearray(w.read_bytes())
+    data[-5] ^= 0xFF
+    w.write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match="sha256 of weights.safetensors"):
+        load_checkpoint(str(tmp_path / "m"))
+
+
+def _rewrite(path, name, mutate):
+    """Change one file and re-sign the manifest, as a careless converter would."""
+    import hashlib
+    p = path / name
+    p.write_bytes(mutate(p.read_bytes()))
+    man = json.loads((path / "manifest.json").read_text())
+    man["sha256"][name] = hashlib.sha256(p.read_bytes()).hexdigest()
+    (path / "manifest.json").write_text(json.dumps(man))
+
+
+def test_unknown_config_key_refused(tiny_ckpt, tmp_path):
+    save(tiny_ckpt, str(tmp_path / "m"))
+    def add_key(b):
+        cfg = json.loads(b)
+        cfg["image"]["dropout"] = 0.1
+        return json.dumps(cfg).encode()
+    _rewrite(tmp_path / "m", "config.json", add_key)
+    with pytest.raises(CheckpointError, match="unknown ImageConfig keys in config: dropout"):
+        load_checkpoint(str(tmp_path / "m"))
+
+
+def test_misshaped_and_missing_tensors_named(tiny_ckpt, tmp_path):
+    save(tiny_ckpt, str(tmp_path / "m"))
+    def widen(b):
+        cfg = json.loads(b)
+        cfg["image"]["mlp_hidden"] = [300, 256]
+        cfg["text"]["depth"], cfg["text"]["mlp_hidden"] = 3, [256, 256, 256]
+        return json.dumps(cfg).encode()
+    _rewrite(tmp_path / "m", "config.json", widen)
+    with pytest.raises(CheckpointError) as err:
+        load_checkpoint(str(tmp_path / "m"))
+    msg = str(err.value)
+    assert "missing tensors: text.blocks.2." in msg
+    assert "image.blocks.0.mlp.fc1.weight (256, 128) (expected (300, 128))" in msg
+
+
+def test_missing_file_named(tiny_ckpt, tmp_path):
+    save(tiny_ckpt, str(tmp_path / "m"))
+    os.remove(tmp_path / "m" / "lexicon.json")
+    with pytest.raises(CheckpointError, match="missing lexicon.json"):
+        load_checkpoint(str(tmp_path / "m"))
+
+
+def test_weights_file_is_not_a_pickle(tiny_ckpt, tmp_path):
+    save(tiny_ckpt, str(tmp_path / "m"))
+    head = (tmp_path / "m" / "weights.safetensors").read_bytes()[:16]
+    assert not head.startswith(b"\x80") and not head.startswith(b"PK")  # not pickle, not a torch zip
