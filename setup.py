@@ -1,0 +1,32 @@
+"""ecomatch: batch compliance scanner for e-commerce catalogues."""
+from setuptools import find_packages, setup
+
+BEAM = "apache-beam==2.77.0"  # the worker container must carry exactly this version
+
+setup(
+    name="ecomatch",
+    version="0.1.0",
+    description="Finds catalogue listings whose photo contradicts their text, attribute by attribute.",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.10",
+    packages=find_packages(include=["ecomatch_model", "ecomatch_model.*", "transforms", "transforms.*",
+                                    "pipelines", "pipelines.*"]),
+    package_data={"ecomatch_model": ["models/*/*"]},
+    include_package_data=True,
+    install_requires=[
+        BEAM,
+        "torch>=2.1",
+        "numpy>=1.24",
+        "pillow>=10",
+        "pyarrow>=14",
+        "fsspec>=2023.6",
+        "gcsfs>=2023.6",
+        "safetensors>=0.4",
+    ],
+    extras_require={
+        "dev": ["pytest>=8", "hypothesis>=6", "gcp-storage-emulator>=2024.8"],
+        "gcp": [BEAM.replace("==", "[gcp]==")],
+    },
+    entry_points={"console_scripts": ["ecomatch=ecomatch_model.cli:main"]},
+)

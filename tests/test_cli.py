@@ -1,0 +1,33 @@
+import subprocess
+import sys
+
+import pytest
+
+from ecomatch_model.checkpoint import load_checkpoint, save
+from ecomatch_model.cli import main
+from ecomatch_model.model import count_parameters, prunable_channels
+
+
+def test_model_info_paper_size(capsys):
+    assert main(["model-info", "paper"]) == 0
+    out = capsys.readouterr().out
+    assert "compressed width d/4=128" in out and "input 224x224" in out
+    after = next(line for line in out.splitlines() if "after 40% pruning" in line)
+    millions = float(after.split("(")[1].split("M)")[0])
+    assert abs(millions - 38.6) / 38.6 < 0.10
+
+
+def test_prune_command_writes_smaller_checkpoint(tiny_ckpt, tmp_path, capsys):
+    save(tiny_ckpt, str(tmp_path / "m"))
+    assert main(["prune", "--model", str(tmp_path / "m"), "--out", str(tmp_path / "p")]) == 0
+    out = capsys.readouterr().out
+    before, after = load_checkpoint(str(tmp_path / "m")).model, load_checkpoint(str(tmp_path / "p")).model
+    assert f"parameters before {count_parameters(before):,} after {count_parameters(after):,}" in out
+    assert prunable_channels(after) == pytest.approx(0.6 * prunable_channels(before), abs=4)
+    assert "Pruning" in (tmp_path / "p" / "MODEL_CARD.md").read_text()
+
+
+def test_model_package_never_imports_beam():
+    code = ("import sys, ecomatch_model, ecomatch_model.cli, ecomatch_model.train, ecomatch_model.evaluate, "
+            "ecomatch_model.sample; assert not any(m.startswith('apache_beam') for m in sys.modules), 'beam imported'")
+    subprocess.run([sys.executable, "-c", code], check=True)

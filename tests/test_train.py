@@ -1,0 +1,74 @@
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from ecomatch_model.checkpoint import load_checkpoint
+from ecomatch_model.config import get_config
+from ecomatch_model.data import Listings, content_split, corrupt_attribute, swap_values
+from ecomatch_model.sample import make_listings
+from ecomatch_model.text import words
+from ecomatch_model.train import TrainOptions, augment, train
+
+COLUMNS = {"base_colour": "colour", "article_type": "article_type"}
+
+
+@pytest.fixture(scope="module")
+def listings() -> Listings:
+    t = make_listings(160, seed=5, mismatch_rate=0.0, size=64)
+    return Listings(t.column("listing_id").to_pylist(), t.column("title").to_pylist(), t.column("image").to_pylist(),
+                    {c: t.column(c).to_pylist() for c in ("base_colour", "article_type", "sub_category")})
+
+
+def _log(path):
+    return [json.loads(line) for line in open(path / "train_log.jsonl")]
+
+
+def test_tiny_training_loss_falls_and_resume_is_exact(listings, tmp_path):
+    opts = TrainOptions(epochs=5, batch_size=32, lr=2e-3, warmup_steps=5, log_every=1000)
+    train(listings, get_config("tiny"), str(tmp_path / "a"), opts, COLUMNS)
+    log = _log(tmp_path / "a")
+    assert [r["epoch"] for r in log] == [1, 2, 3, 4, 5]
+    assert log[-1]["loss"] < 0.85 * log[0]["loss"], log
+    assert all(r["listings_per_s"] > 0 for r in log)
+
+    # Two epochs, then resume to five: the same weights as five epochs straight.
+    train(listings, get_config("tiny"), str(tmp_path / "b"), TrainOptions(**{**opts.__dict__, "epochs": 2}), COLUMNS)
+    train(listings, get_config("tiny"), str(tmp_path / "b"), opts, COLUMNS, resume=True)
+    assert [r["epoch"] for r in _log(tmp_path / "b")] == [1, 2, 3, 4, 5]
+    a = load_checkpoint(str(tmp_path / "a")).model.state_dict()
+    b = load_checkpoint(str(tmp_path / "b")).model.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_augment_never_changes_colour():
+    gen = torch.Generator().manual_seed(0)
+    px = torch.zeros(4, 3, 16, 16, dtype=torch.uint8)
+    px[:, 0] = 200  # a red square filling the frame
+    out = augment(px, gen, pad=2)
+    colours = {tuple(out[b, :, y, x].tolist()) for b in range(4) for y in range(16) for x in range(16)}
+    assert colours <= {(200, 0, 0), (255, 255, 255)}   # the item's colour, or the white pad
+    assert (200, 0, 0) in colours
+
+
+def test_content_split_keeps_duplicates_together():
+    imgs = [b"a", b"b", b"a", b"c"] * 50
+    tr, va = content_split(imgs, 0.3, seed=1)
+    assert len(tr) + len(va) == 200 and len(va) > 0 and len(tr) > 0
+    side = {}
+    for i in va:
+        side.setdefault(imgs[i], "val")
+    assert not any(imgs[i] in side for i in tr)
+
+
+def test_corruption_swaps_to_another_group(lexicon):
+    rng = np.random.default_rng(0)
+    toks = words("Ardent Men Navy Blue Cotton T-Shirt")
+    mentions = lexicon.extract(toks)
+    for _ in range(30):
+        title, j, new = corrupt_attribute(toks, mentions, lexicon, rng, kind="colour")
+        assert mentions[j].kind == "colour"
+        assert lexicon.group("colour", new) != "blue" and new in title
+        assert "navy" not in title
+    assert "blue" not in swap_values(lexicon, "colour", "navy blue")
