@@ -89,7 +89,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     log.info("%d listings: %d train, %d validation", len(listings), len(train_set), len(val_set))
     cfg = get_config(args.config)
     opts = TrainOptions(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
-                        device=args.device)
+                        device=args.device, stop_after=args.stop_after)
     t0 = time.time()
     body = (f"Command: `{_command_line()}`\n\nData: `{args.data}`: {len(train_set)} training and "
             f"{len(val_set)} validation listings (split by image content, seed {args.seed}).")
@@ -189,7 +189,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--batch-size", type=int, default=128)
     s.add_argument("--lr", type=float, default=2e-3)
     s.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    s.add_argument("--resume", action="store_true")
+    s.add_argument("--resume", action="store_true", help="continue the run in --out where it stopped")
+    s.add_argument("--stop-after", type=int, default=None, help="end this run after epoch N (resume later)")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--limit", type=int, default=None, help="read at most this many listings")
     s.add_argument("--val-fraction", type=float, default=0.1)

@@ -15,7 +15,8 @@ import numpy as np
 import torch
 
 from .api import ListingScore, Matcher
-from .data import Listings, article_groups, clean_indices, corrupt_attribute, image_swap_partner
+from .data import (DEFAULT_ATTRIBUTE_COLUMNS, Listings, article_groups, clean_indices, column_attributes,
+                   corrupt_attribute, image_swap_partner)
 from .metrics import precision_recall, recall_at_k, roc_auc, threshold_for_precision
 from .preprocess import ImageDecodeError, normalize, to_uint8
 
@@ -101,25 +102,66 @@ def detection_data(ev: EvalSet, kind: str) -> tuple[np.ndarray, np.ndarray]:
     return labels, np.asarray([bad[k] for k in keep] + [good[k] for k in keep], np.float64)
 
 
-def calibrate(ev: EvalSet, precision: float) -> dict[str, float]:
-    """Per-kind thresholds (and ``match``) reaching ``precision`` on balanced sets.
-    A kind whose scores cannot reach it gets threshold 0 (never flags)."""
-    thresholds = {}
-    for kind in ev.corrupted:
-        labels, score = detection_data(ev, kind)
-        t = threshold_for_precision(labels, score, precision) if len(labels) else None
-        name = "match" if kind == "image" else kind
-        thresholds[name] = t if t is not None else (-1.0 if kind == "image" else 0.0)
-        log.info("threshold %s = %s", name, thresholds[name] if t is not None else "disabled (precision not reached)")
-    return thresholds
+MIXED_KINDS = ("colour", "article_type", "image")
 
 
-def flags(s: ListingScore) -> tuple[bool, int | None]:
-    """Whether a listing is flagged at its thresholds, and the attribute slot that scores
-    lowest against its threshold (None when it has no attributes)."""
-    margins = [a.score - a.threshold for a in s.attributes]
+def mixed_set(ev: EvalSet) -> list[tuple[ListingScore, int, str, int]]:
+    """Every clean listing (label 0), then as many corrupted ones (label 1) cycling colour,
+    article type and image swaps: (score, label, corruption kind, corrupted slot)."""
+    out = [(s, 0, "", -1) for s in ev.clean]
+    kinds = [k for k in MIXED_KINDS if k in ev.corrupted]
+    for t in range(len(ev.clean) if kinds else 0):
+        kind = kinds[t % len(kinds)]
+        rows, scores, slots = ev.corrupted[kind]
+        c = (t // len(kinds)) % len(rows)
+        out.append((scores[c], 1, kind, int(slots[c])))
+    return out
+
+
+def flags(s: ListingScore, thresholds: dict[str, float] | None = None) -> tuple[bool, int | None]:
+    """Whether a listing is flagged (at ``thresholds``, else at its own), and the attribute
+    slot that scores lowest against its threshold (None when it has no attributes)."""
+    th = thresholds or {}
+    margins = [a.score - th.get(a.kind, a.threshold) for a in s.attributes]
     worst = int(np.argmin(margins)) if margins else None
-    return (s.match < s.match_threshold) or any(m < 0 for m in margins), worst
+    return (s.match < th.get("match", s.match_threshold)) or any(m < 0 for m in margins), worst
+
+
+def calibrate(ev: EvalSet, precision: float) -> dict[str, float]:
+    """Thresholds for the whole flagging rule (any attribute below its kind's threshold, or
+    the match below its own) reaching ``precision`` on the mixed set (half unmodified).
+
+    Each kind's threshold is capped at the highest one that reaches ``precision`` on its
+    own balanced set (a kind that never reaches it is disabled: 0, or -1 for ``match``, so
+    kinds the model cannot see in the image raise no alarms). Below the caps every kind
+    gets the same false-positive rate alpha on unmodified listings (its threshold is the
+    alpha-quantile of their scores), and alpha is the largest that keeps the mixed set's
+    precision at the target (bisection: flags only grow with alpha)."""
+    clean = {k: np.sort([v for v in (kind_score(s, k) for s in ev.clean) if v is not None]) for k in ev.corrupted}
+    caps = {k: threshold_for_precision(*detection_data(ev, k), precision) for k in ev.corrupted}
+    mixed = mixed_set(ev)
+    labels = np.array([y for _, y, _, _ in mixed])
+
+    def at(alpha: float) -> dict[str, float]:
+        out = {}
+        for kind, scores in clean.items():
+            name, off = ("match", -1.0) if kind == "image" else (kind, 0.0)
+            quantile = float(scores[min(len(scores) - 1, int(alpha * len(scores)))]) if len(scores) else off
+            out[name] = off if caps[kind] is None else min(caps[kind], quantile)
+        return out
+
+    def mixed_precision(th: dict[str, float]) -> float:
+        p, _ = precision_recall(labels, np.array([flags(s, th)[0] for s, _, _, _ in mixed]))
+        return 0.0 if np.isnan(p) else p
+
+    lo, hi = 0.0, 0.5
+    for _ in range(16):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if mixed_precision(at(mid)) >= precision else (lo, mid)
+    thresholds = at(lo)
+    for name, t in sorted(thresholds.items()):
+        log.info("threshold %s = %.4f%s", name, t, " (disabled)" if t <= (-1.0 if name == "match" else 0.0) else "")
+    return thresholds
 
 
 def retrieval(matcher: Matcher, ev: EvalSet, n_queries: int, negatives: int, seed: int) -> dict[str, float]:
@@ -165,25 +207,13 @@ def evaluate(matcher: Matcher, listings: Listings, n_queries: int = 1000, negati
     for kind in ev.corrupted:
         labels, score = detection_data(ev, kind)
         report["roc_auc"][kind] = {"auc": roc_auc(labels, -score), "pairs": int(labels.sum())}
-    # Mixed set: every clean listing, and as many corrupted ones cycling colour, article
-    # type and image swaps (the kinds users care about most).
-    kinds = [k for k in ("colour", "article_type", "image") if k in ev.corrupted]
     mixed_labels, mixed_flags, attributed, detected = [], [], 0, 0
-    for s in ev.clean:
-        mixed_labels.append(0), mixed_flags.append(flags(s)[0])
-    pos = {k: 0 for k in kinds}
-    for t in range(len(ev.clean)):
-        if not kinds:
-            break
-        kind = kinds[t % len(kinds)]
-        rows, scores, slots = ev.corrupted[kind]
-        c = pos[kind] % len(rows)
-        pos[kind] += 1
-        flagged, worst = flags(scores[c])
-        mixed_labels.append(1), mixed_flags.append(flagged)
-        if flagged and kind != "image":
+    for s, label, kind, slot in mixed_set(ev):
+        flagged, worst = flags(s)
+        mixed_labels.append(label), mixed_flags.append(flagged)
+        if label and flagged and kind != "image":
             detected += 1
-            attributed += int(worst == slots[c])
+            attributed += int(worst == slot)
     p, r = precision_recall(np.asarray(mixed_labels), np.asarray(mixed_flags))
     clean_flags = np.asarray(mixed_flags[: len(ev.clean)])
     report["at_thresholds"] = {"precision": p, "recall": r, "false_positive_rate": float(clean_flags.mean()),
@@ -194,12 +224,15 @@ def evaluate(matcher: Matcher, listings: Listings, n_queries: int = 1000, negati
 
 
 def ground_truth(matcher: Matcher, listings: Listings) -> dict:
-    """Detection of mismatches labelled in a ``mismatch_kind`` column (synthetic samples)."""
+    """Detection of mismatches labelled in a ``mismatch_kind`` column (synthetic samples),
+    scoring the title together with the structured attribute columns, as a scan does."""
     kinds = listings.column("mismatch_kind")
     idx = [i for i, k in enumerate(kinds) if k]
     if not idx:
         return {}
-    scores = matcher.score([listings.images[i] for i in idx], [listings.titles[i] for i in idx])
+    attrs = column_attributes(listings, matcher.lexicon, DEFAULT_ATTRIBUTE_COLUMNS)
+    scores = matcher.score([listings.images[i] for i in idx], [listings.titles[i] for i in idx],
+                           [attrs[i] for i in idx])
     out: dict = {}
     for i, s in zip(idx, scores):
         flagged, worst = flags(s)

@@ -22,7 +22,7 @@ from safetensors.torch import load_file, save_file
 
 from .checkpoint import Checkpoint, build_model, load_checkpoint, save
 from .config import ModelConfig
-from .data import Listings, content_split, corrupt_attribute
+from .data import Listings, column_attributes, content_split, corrupt_attribute
 from .model import DualMatcher, GatedMLP
 from .preprocess import ImageDecodeError, normalize, to_uint8
 from .text import EncodedText, Lexicon, TextEncoder, Vocabulary
@@ -42,6 +42,7 @@ class TrainOptions:
     seed: int = 0
     device: str = "cpu"
     log_every: int = 20
+    stop_after: int | None = None  # end this run after this epoch; --resume continues the schedule
 
 
 def decode_images(images: list[bytes], size: int) -> tuple[np.ndarray, np.ndarray]:
@@ -207,7 +208,11 @@ def train(listings: Listings, cfg: ModelConfig, out: str, opts: TrainOptions, co
     t0 = time.time()
     pixels_u8, ok = decode_images(listings.images, size)
     titles = [listings.titles[i] for i in ok]
-    clean_all = encoder.encode(titles)
+    # Half the listings also carry their structured attribute columns appended to the
+    # title, as a scan with --attribute-columns presents them.
+    extras = column_attributes(listings.take(ok), lexicon, columns)
+    with_columns = np.random.default_rng([opts.seed, 7]).random(len(ok)) < 0.5
+    clean_all = encoder.encode(titles, [e if w else [] for e, w in zip(extras, with_columns)])
     log.info("decoded %d/%d images at %dpx in %.1fs", len(ok), len(listings), size, time.time() - t0)
 
     n = len(titles)
@@ -225,7 +230,7 @@ def train(listings: Listings, cfg: ModelConfig, out: str, opts: TrainOptions, co
     ckpt = Checkpoint(model, vocab, lexicon, {}, card)
     log_path = os.path.join(out, "train_log.jsonl")
     os.makedirs(out, exist_ok=True)
-    for epoch in range(start_epoch, opts.epochs):
+    for epoch in range(start_epoch, min(opts.epochs, opts.stop_after or opts.epochs)):
         rng = np.random.default_rng([opts.seed, epoch])
         gen = torch.Generator().manual_seed(opts.seed * 1000 + epoch)
         order = rng.permutation(n)

@@ -22,15 +22,32 @@ def test_kind_score_takes_lowest_mention():
     assert kind_score(s, "colour") == 0.2 and kind_score(s, "image") == 0.3 and kind_score(s, "pattern") is None
 
 
-def test_calibrate_on_hand_made_scores():
-    clean = [_ls(0.6, ("colour", "red", s, 0.5)) for s in (0.9, 0.8, 0.7, 0.35)]
-    bad = [_ls(0.1, ("colour", "blue", s, 0.5)) for s in (0.1, 0.2, 0.3, 0.85)]
-    ev = EvalSet(None, None, clean, {"colour": (np.arange(4), bad, np.zeros(4, int)),
-                                     "image": (np.arange(4), bad, np.full(4, -1))})
+def _ev(clean_colour, clean_match):
+    clean = [_ls(m, ("colour", "red", c, 0.5)) for c, m in zip(clean_colour, clean_match)]
+    n = len(clean)
+    return EvalSet(None, None, clean, {
+        "colour": (np.arange(n), [_ls(0.9, ("colour", "blue", 0.1, 0.5))] * n, np.zeros(n, int)),
+        "image": (np.arange(n), [_ls(0.1, ("colour", "red", 0.9, 0.5))] * n, np.full(n, -1))})
+
+
+def test_calibrate_caps_each_kind_at_its_own_precision():
+    ev = _ev([0.9, 0.8, 0.7, 0.35], [0.6] * 4)
     labels, score = detection_data(ev, "colour")
-    assert labels.tolist() == [1, 1, 1, 1, 0, 0, 0, 0]
-    t = calibrate(ev, 0.75)
-    # Lowest 4 scores: 0.1 0.2 0.3 (bad) 0.35 (clean) -> precision 0.75 at cut (0.35 + 0.7) / 2.
-    assert t["colour"] == pytest.approx(0.525)
-    assert t["match"] == pytest.approx(0.35)  # every swap (0.1) below every clean listing (0.6)
-    assert calibrate(ev, 1.01)["colour"] == 0.0 and calibrate(ev, 1.01)["match"] == -1.0
+    assert labels.tolist() == [1, 1, 1, 1, 0, 0, 0, 0] and score.tolist()[:4] == [0.1] * 4
+    # Colour: every corrupted copy (0.1) below every clean one: the cap is (0.1 + 0.35) / 2.
+    assert calibrate(ev, 0.9) == pytest.approx({"colour": 0.225, "match": 0.35})
+
+
+def test_calibrate_keeps_union_precision():
+    # Listing 0 has a low colour score, listing 9 a low match: alone each kind reaches 0.9
+    # precision at 0.55 (10 of 11), but together they would flag two clean listings.
+    ev = _ev([0.2] + [0.9] * 9, [0.9] * 9 + [0.2])
+    assert calibrate(ev, 0.9) == pytest.approx({"colour": 0.2, "match": 0.2})
+    mixed_flags = [flags(s, calibrate(ev, 0.9))[0] for s in ev.clean]
+    assert not any(mixed_flags)
+
+
+def test_calibrate_disables_blind_kinds():
+    ev = _ev([0.9] * 4, [0.6] * 4)
+    ev.corrupted["colour"] = (np.arange(4), [_ls(0.9, ("colour", "blue", 0.9, 0.5))] * 4, np.zeros(4, int))
+    assert calibrate(ev, 0.9)["colour"] == 0.0

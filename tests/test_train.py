@@ -34,7 +34,8 @@ def test_tiny_training_loss_falls_and_resume_is_exact(listings, tmp_path):
     assert all(r["listings_per_s"] > 0 for r in log)
 
     # Two epochs, then resume to five: the same weights as five epochs straight.
-    train(listings, get_config("tiny"), str(tmp_path / "b"), TrainOptions(**{**opts.__dict__, "epochs": 2}), COLUMNS)
+    train(listings, get_config("tiny"), str(tmp_path / "b"), TrainOptions(**{**opts.__dict__, "stop_after": 2}), COLUMNS)
+    assert [r["epoch"] for r in _log(tmp_path / "b")] == [1, 2]
     train(listings, get_config("tiny"), str(tmp_path / "b"), opts, COLUMNS, resume=True)
     assert [r["epoch"] for r in _log(tmp_path / "b")] == [1, 2, 3, 4, 5]
     a = load_checkpoint(str(tmp_path / "a")).model.state_dict()
