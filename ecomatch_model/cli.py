@@ -15,7 +15,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from . import card as cards
 from .api import Matcher, load, resolve_model_path
 from .checkpoint import Checkpoint, build_model, load_checkpoint, save
-from .config import CONFIGS, get_config
+from .config import CONFIGS, apply_overrides, get_config
 from .data import parse_attribute_columns, read_listings
 from .model import DualMatcher, count_parameters, prunable_channels
 from .prune import prune_model
@@ -87,7 +87,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     listings = read_listings(args.data, limit=args.limit)
     train_set, val_set = split_for_training(listings, args.val_fraction, args.seed)
     log.info("%d listings: %d train, %d validation", len(listings), len(train_set), len(val_set))
-    cfg = get_config(args.config)
+    cfg = apply_overrides(get_config(args.config), args.set)
     opts = TrainOptions(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
                         device=args.device, stop_after=args.stop_after)
     t0 = time.time()
@@ -120,11 +120,28 @@ def _calibration_text(thresholds: dict[str, float], precision: float, where: str
             f"| kind | threshold |\n|---|---|\n{rows}")
 
 
+def _read_split(args: argparse.Namespace):
+    """The listings of --data, restricted to the --split of the training-time split."""
+    from .train import split_for_training
+    listings = read_listings(args.data)
+    if args.split == "all":
+        return listings
+    train_set, val_set = split_for_training(listings, args.val_fraction, args.split_seed)
+    return val_set if args.split == "val" else train_set
+
+
+def _add_split_args(s: argparse.ArgumentParser) -> None:
+    s.add_argument("--split", choices=["all", "train", "val"], default="all",
+                   help="use only this side of the training split (by image content)")
+    s.add_argument("--val-fraction", type=float, default=0.1)
+    s.add_argument("--split-seed", type=int, default=0)
+
+
 def cmd_calibrate(args: argparse.Namespace) -> int:
     from .evaluate import build_eval_set, calibrate
     path = resolve_model_path(args.model)
     matcher = Matcher(load_checkpoint(path), args.model, device=args.device)
-    listings = read_listings(args.data)
+    listings = _read_split(args)
     ckpt = matcher.ckpt
     ckpt.thresholds = calibrate(build_eval_set(matcher, listings, args.max_eval, args.seed), args.precision)
     ckpt.card = cards.replace_section(ckpt.card, "Calibration",
@@ -137,10 +154,10 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from .evaluate import evaluate
     matcher = load(args.model, device=args.device)
-    report = evaluate(matcher, read_listings(args.data), n_queries=args.queries, negatives=args.negatives,
+    report = evaluate(matcher, _read_split(args), n_queries=args.queries, negatives=args.negatives,
                       seed=args.seed, max_listings=args.max_eval)
     report["model"] = {"path": args.model, "sha256": matcher.sha256, "config": matcher.cfg.name}
-    report["data"] = args.data
+    report["data"] = args.data + ("" if args.split == "all" else f" ({args.split} split)")
     text = json.dumps(report, indent=1, sort_keys=True)
     if args.json:
         with open(args.json, "w") as f:
@@ -197,6 +214,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--precision", type=float, default=0.9, help="calibration target on the validation split")
     s.add_argument("--max-eval", type=int, default=3000)
     s.add_argument("--attribute-columns", default=None, help="column=kind,... (default: the catalogue's)")
+    s.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config field for an ablation, e.g. compression=1 or image.depth=2")
     s.set_defaults(fn=cmd_train)
 
     s = sub.add_parser("calibrate", help="choose thresholds for a target precision on labelled-clean data")
@@ -207,6 +226,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--max-eval", type=int, default=3000)
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--device", default=None)
+    _add_split_args(s)
     s.set_defaults(fn=cmd_calibrate)
 
     s = sub.add_parser("evaluate", help="retrieval and mismatch-detection metrics")
@@ -220,6 +240,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--device", default=None)
     s.add_argument("--update-card", action="store_true", help="write the results into the model card")
     s.add_argument("--card-section", default="Evaluation")
+    _add_split_args(s)
     s.set_defaults(fn=cmd_evaluate)
 
     s = sub.add_parser("make-sample", help="render a synthetic sample catalogue")

@@ -6,6 +6,7 @@ A checkpoint's ``config.json`` is ``ModelConfig.to_json()``; loading rebuilds it
 """
 from __future__ import annotations
 
+import json
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Callable, Mapping
 
@@ -148,3 +149,25 @@ def get_config(name: str) -> ModelConfig:
     if name not in CONFIGS:
         raise KeyError(f"unknown config {name!r}; known: {', '.join(CONFIGS)}")
     return CONFIGS[name]()
+
+
+def apply_overrides(cfg: ModelConfig, overrides: list[str]) -> ModelConfig:
+    """``["compression=1", "image.depth=2"]`` applied to a config (for ablations); the
+    result is re-validated and its name records the change."""
+    data = cfg.to_json()
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep:
+            raise ValueError(f"bad override {item!r}: expected KEY=VALUE")
+        *path, leaf = key.split(".")
+        target = data
+        for part in path:
+            target = target[part]
+        if leaf not in target:
+            raise ValueError(f"unknown config field {key!r}")
+        target[leaf] = json.loads(raw)
+        if leaf == "depth":
+            target["mlp_hidden"] = target["mlp_hidden"][0]
+    if overrides:
+        data["name"] = f"{cfg.name}[{','.join(overrides)}]"
+    return ModelConfig.from_json(data)

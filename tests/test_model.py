@@ -109,3 +109,12 @@ def test_paper_config_size_after_pruning(lexicon):
 
 def test_tiny_config_under_two_million(lexicon, vocab):
     assert count_parameters(build_model(get_config("tiny"), vocab, lexicon)) < 2_000_000
+
+
+def test_config_overrides_for_ablations():
+    from ecomatch_model.config import apply_overrides
+    cfg = apply_overrides(get_config("base"), ["compression=1", "image.depth=2"])
+    assert cfg.embed_dim == cfg.image.width and cfg.image.mlp_hidden == [512, 512]
+    assert cfg.name == "base[compression=1,image.depth=2]"
+    with pytest.raises(ValueError, match="unknown config field 'image.dropout'"):
+        apply_overrides(get_config("base"), ["image.dropout=0.1"])
