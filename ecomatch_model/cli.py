@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import shlex
 import sys
 import time
@@ -97,7 +98,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     ckpt = train(train_set, cfg, args.out, opts, parse_attribute_columns(args.attribute_columns),
                  resume=args.resume, card=card)
     minutes = (time.time() - t0) / 60
-    ckpt.card = cards.header(args.out, ckpt.model) + "\n" + card + f"\nWall time: {minutes:.1f} min on " \
+    ckpt.card = cards.header(os.path.basename(os.path.normpath(args.out)), ckpt.model) + "\n" + card + f"\nWall time: {minutes:.1f} min on " \
         f"{args.device} ({torch.get_num_threads()} threads); per-epoch curves in `train_log.jsonl` beside the " \
         "training output.\n"
     if len(val_set):
@@ -112,11 +113,15 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def _calibration_text(thresholds: dict[str, float], precision: float, where: str) -> str:
     rows = "\n".join(f"| {k} | {v:.4f} |" for k, v in sorted(thresholds.items()))
-    return (f"Command: `{_command_line()}`\n\nThresholds chosen on {where} for precision {precision:.2f} on "
-            "balanced sets (each kind's corrupted copies against the same listings unmodified); the "
-            "highest-recall threshold that reaches the precision is kept. A kind whose scores never reach "
-            "the precision gets 0 (never flags; `match` gets -1). Recalibrate for another catalogue with "
-            "`ecomatch calibrate --model M --data 'shards/*.parquet' --precision 0.9`.\n\n"
+    return (f"Command: `{_command_line()}`\n\nThresholds chosen on {where} so that the whole flagging rule "
+            "(any attribute below its kind's threshold, or the match below its own) reaches precision "
+            f"{precision:.2f} on a set that is half unmodified listings and half corrupted copies (colour, "
+            "article type and image swaps in turn). Each kind is capped at the highest threshold that reaches "
+            "the precision on its own; a kind that never does is disabled (0; `match` -1), which is how "
+            "attributes the model cannot see in a photo stay silent. Below the caps all kinds share one "
+            "false-positive rate on unmodified listings, the largest that keeps the precision. Recalibrate "
+            "for another catalogue with `ecomatch calibrate --model M --data 'shards/*.parquet' --precision "
+            "0.9`.\n\n"
             f"| kind | threshold |\n|---|---|\n{rows}")
 
 
