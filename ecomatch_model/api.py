@@ -42,11 +42,35 @@ class AttributeScore:
 
 @dataclass
 class ListingScore:
-    """A listing's global match and its attribute scores."""
+    """A listing's global match and its attribute scores.
+
+    The flagging rule lives here so the scan and the evaluation share it: a listing is
+    flagged when the match or any attribute is below its threshold; ``worst_kind`` is the
+    failing attribute with the largest shortfall (threshold - score), else ``"match"`` when
+    only the global match fails, else None.
+    """
 
     match: float
     match_threshold: float
     attributes: list[AttributeScore]
+
+    def failing(self) -> list[int]:
+        """Indices of the attributes below their thresholds, largest shortfall first."""
+        bad = [j for j, a in enumerate(self.attributes) if a.score < a.threshold]
+        return sorted(bad, key=lambda j: self.attributes[j].score - self.attributes[j].threshold)
+
+    @property
+    def match_fails(self) -> bool:
+        return self.match < self.match_threshold
+
+    @property
+    def flagged(self) -> bool:
+        return self.match_fails or any(a.score < a.threshold for a in self.attributes)
+
+    @property
+    def worst_kind(self) -> str | None:
+        failing = self.failing()
+        return self.attributes[failing[0]].kind if failing else ("match" if self.match_fails else None)
 
 
 def resolve_model_path(path_or_name: str) -> str:

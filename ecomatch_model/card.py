@@ -54,11 +54,12 @@ def metrics_block(report: dict, command: str) -> str:
         lines += [f"At the shipped thresholds, over {a['clean']} unmodified and {a['corrupted']} corrupted "
                   f"listings (colour, article type, image swap in turn): precision {a['precision']:.3f}, "
                   f"recall {a['recall']:.3f}, false-positive rate on unmodified listings "
-                  f"{a['false_positive_rate']:.3f}, attribution accuracy {a['attribution_accuracy']:.3f}.", ""]
+                  f"{a['false_positive_rate']:.3f}, attribution accuracy {a['attribution_accuracy']:.3f} (share of detected "
+                  "attribute corruptions whose worst failing attribute is the corrupted one).", ""]
     if r.get("ground_truth"):
         lines += ["Labelled mismatches in the data (`mismatch_kind`):", "",
-                  "| kind | total | flagged | flagged with the right kind |", "|---|---|---|---|"]
-        lines += [f"| {k} | {v['total']} | {v['flagged']} | {v['right_kind'] if k != 'image' else 'n/a'} |"
+                  "| kind | total | flagged | flagged with the right worst kind (image: match or a visible attribute) |", "|---|---|---|---|"]
+        lines += [f"| {k} | {v['total']} | {v['flagged']} | {v['right_kind']} |"
                   for k, v in sorted(r["ground_truth"].items())]
         lines.append("")
     lines += ["<details><summary>Raw JSON</summary>", "", "```json", json.dumps(r, indent=1, sort_keys=True),

@@ -114,9 +114,9 @@ def register(fn: Callable[[], ModelConfig]) -> Callable[[], ModelConfig]:
 
 @register
 def tiny() -> ModelConfig:
-    """Tests and the bundled synthetic-data model: under 2M parameters, 64x64 input."""
+    """Tests and the bundled synthetic-data model: under 2M parameters, 96x96 input."""
     return ModelConfig(name="tiny",
-                       image=ImageConfig(image_size=64, patch=8, stem_channels=24, width=128,
+                       image=ImageConfig(image_size=96, patch=8, stem_channels=24, width=128,
                                          depth=2, heads=4, mlp_hidden=256),
                        text=TextConfig(vocab_size=2048, max_len=24, width=128, depth=2, heads=4,
                                        mlp_hidden=256),

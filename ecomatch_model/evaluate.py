@@ -105,6 +105,8 @@ def detection_data(ev: EvalSet, kind: str, detector: str | None = None) -> tuple
 
 
 MIXED_KINDS = ("colour", "article_type", "image")
+# A swapped photo shows another listing: the global match or any visible attribute explains it.
+RIGHT_KINDS = {"image": {"match", "article_type", "colour", "pattern"}}
 
 
 def mixed_set(ev: EvalSet) -> list[tuple[ListingScore, int, str, int]]:
@@ -120,13 +122,10 @@ def mixed_set(ev: EvalSet) -> list[tuple[ListingScore, int, str, int]]:
     return out
 
 
-def flags(s: ListingScore, thresholds: dict[str, float] | None = None) -> tuple[bool, int | None]:
-    """Whether a listing is flagged (at ``thresholds``, else at its own), and the attribute
-    slot that scores lowest against its threshold (None when it has no attributes)."""
-    th = thresholds or {}
-    margins = [a.score - th.get(a.kind, a.threshold) for a in s.attributes]
-    worst = int(np.argmin(margins)) if margins else None
-    return (s.match < th.get("match", s.match_threshold)) or any(m < 0 for m in margins), worst
+def flags(s: ListingScore, thresholds: dict[str, float]) -> bool:
+    """Whether ``s`` would be flagged at other ``thresholds`` (calibration's what-if)."""
+    return s.match < thresholds.get("match", s.match_threshold) or any(
+        a.score < thresholds.get(a.kind, a.threshold) for a in s.attributes)
 
 
 def calibrate(ev: EvalSet, precision: float) -> dict[str, float]:
@@ -153,7 +152,7 @@ def calibrate(ev: EvalSet, precision: float) -> dict[str, float]:
         return out
 
     def mixed_precision(th: dict[str, float]) -> float:
-        p, _ = precision_recall(labels, np.array([flags(s, th)[0] for s, _, _, _ in mixed]))
+        p, _ = precision_recall(labels, np.array([flags(s, th) for s, _, _, _ in mixed]))
         return 0.0 if np.isnan(p) else p
 
     lo, hi = 0.0, 0.5
@@ -214,11 +213,11 @@ def evaluate(matcher: Matcher, listings: Listings, n_queries: int = 1000, negati
                                    "global_only_auc": roc_auc(g_labels, -g_score)}
     mixed_labels, mixed_flags, attributed, detected = [], [], 0, 0
     for s, label, kind, slot in mixed_set(ev):
-        flagged, worst = flags(s)
-        mixed_labels.append(label), mixed_flags.append(flagged)
-        if label and flagged and kind != "image":
+        mixed_labels.append(label), mixed_flags.append(s.flagged)
+        if label and s.flagged and kind != "image":
             detected += 1
-            attributed += int(worst == slot)
+            failing = s.failing()
+            attributed += int(bool(failing) and failing[0] == slot)
     p, r = precision_recall(np.asarray(mixed_labels), np.asarray(mixed_flags))
     clean_flags = np.asarray(mixed_flags[: len(ev.clean)])
     report["at_thresholds"] = {"precision": p, "recall": r, "false_positive_rate": float(clean_flags.mean()),
@@ -240,10 +239,8 @@ def ground_truth(matcher: Matcher, listings: Listings) -> dict:
                            [attrs[i] for i in idx])
     out: dict = {}
     for i, s in zip(idx, scores):
-        flagged, worst = flags(s)
         d = out.setdefault(kinds[i], {"total": 0, "flagged": 0, "right_kind": 0})
         d["total"] += 1
-        d["flagged"] += int(flagged)
-        if flagged and kinds[i] != "image":
-            d["right_kind"] += int(worst is not None and s.attributes[worst].kind == kinds[i])
+        d["flagged"] += int(s.flagged)
+        d["right_kind"] += int(s.worst_kind in RIGHT_KINDS.get(kinds[i], {kinds[i]}))
     return out

@@ -34,8 +34,9 @@ def open_image(data: ImageInput, size: int, max_pixels: int = DEFAULT_MAX_PIXELS
             raise ImageDecodeError("empty image bytes")
         try:
             img = Image.open(io.BytesIO(bytes(data)))
-        except Exception as exc:  # Pillow raises several types for bad headers
-            raise ImageDecodeError(f"cannot identify image: {exc}") from None
+        except Exception:  # Pillow raises several types for bad headers
+            raise ImageDecodeError(f"cannot identify image format ({len(data)} bytes starting "
+                                   f"{bytes(data[:8]).hex()})") from None
     w, h = img.size
     if w * h > max_pixels:
         raise ImageDecodeError(f"image has {w}x{h} pixels, over the cap of {max_pixels}")

@@ -21,7 +21,7 @@ def test_score_bytes_and_pil_agree(tiny_ckpt, tmp_path, red_jpeg):
     assert [(x.kind, x.value, x.span) for x in a.attributes] == [
         ("gender", "men", (1, 2)), ("colour", "red", (2, 3)), ("material", "cotton", (3, 4)), ("article_type", "shirt", (4, 5))]
     for x in a.attributes:
-        assert 0 <= x.score <= 1 and x.attention.shape == (8, 8)
+        assert 0 <= x.score <= 1 and x.attention.shape == (m.cfg.image.grid,) * 2
         assert x.threshold == {"colour": 0.4}.get(x.kind, 0.5)
         assert x.suggestion in m.lexicon.values_of(x.kind) and x.suggestion != x.value
     assert a.match_threshold == 0.1

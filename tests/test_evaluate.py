@@ -9,12 +9,15 @@ def _ls(match, *attrs):
     return ListingScore(match, 0.2, [AttributeScore(k, v, (0, 1), s, t, "", 0.0, np.zeros((2, 2))) for k, v, s, t in attrs])
 
 
-def test_flags_and_worst_attribute():
+def test_flagging_rule_and_worst_kind():
     ok = _ls(0.5, ("colour", "red", 0.9, 0.5), ("article_type", "shirt", 0.8, 0.3))
-    assert flags(ok) == (False, 0)   # margins 0.4 (colour) and 0.5: colour is the worst
-    bad = _ls(0.5, ("colour", "red", 0.45, 0.5), ("article_type", "shirt", 0.1, 0.3))
-    assert flags(bad) == (True, 1)
-    assert flags(_ls(0.1))[0] is True and flags(_ls(0.1))[1] is None
+    assert not ok.flagged and ok.worst_kind is None and ok.failing() == []
+    bad = _ls(0.5, ("colour", "red", 0.45, 0.5), ("article_type", "shirt", 0.1, 0.3), ("pattern", "striped", 0.2, 0.6))
+    assert bad.flagged and bad.failing() == [2, 1, 0] and bad.worst_kind == "pattern"
+    only_match = _ls(0.1, ("colour", "red", 0.9, 0.5))
+    assert only_match.flagged and only_match.worst_kind == "match"
+    # What-if thresholds, as calibration uses them.
+    assert flags(ok, {"colour": 0.95}) and not flags(bad, {"colour": 0.1, "article_type": 0.0, "pattern": 0.0})
 
 
 def test_kind_score_takes_lowest_mention():
@@ -43,7 +46,7 @@ def test_calibrate_keeps_union_precision():
     # precision at 0.55 (10 of 11), but together they would flag two clean listings.
     ev = _ev([0.2] + [0.9] * 9, [0.9] * 9 + [0.2])
     assert calibrate(ev, 0.9) == pytest.approx({"colour": 0.2, "match": 0.2})
-    mixed_flags = [flags(s, calibrate(ev, 0.9))[0] for s in ev.clean]
+    mixed_flags = [flags(s, calibrate(ev, 0.9)) for s in ev.clean]
     assert not any(mixed_flags)
 
 
