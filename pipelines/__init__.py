@@ -1,0 +1,1 @@
+"""Runnable Beam jobs; ``pipelines.scan`` is the nightly violation scan (``ecomatch scan``)."""

@@ -1,0 +1,193 @@
+"""The nightly violation scan: Parquet listing shards -> violation reports.
+
+    ecomatch scan --input 'shards/*.parquet' --output PREFIX [--model default|PATH]
+                  [--thresholds FILE] [--attribute-columns col=kind,...] [Beam options...]
+    python -m pipelines.scan ...same arguments...
+
+Graph: ``ReadListings -> DecodeListings -> ScoreListings -> FlagViolations -> WriteReports``
+(see ``transforms/``). Input and output may be local paths or ``gs://`` URIs. Unless
+``--runner`` is given, Beam's in-process ``FnApiRunner`` runs the job (it honours
+``--direct_num_workers`` and ``--direct_running_mode=multi_processing``); any other runner
+and its options (``--runner DataflowRunner --project ...``) pass straight through.
+
+Outputs under PREFIX (full schemas in ``transforms/reports.py``):
+
+- ``scores/*.parquet``: listing_id, verdict (ok|violation), severity, match_score,
+  worst_kind, content_hash, one row per scored listing;
+- ``violations/*.parquet``: listing_id, severity, match_score, worst_kind, reasons,
+  attributes (kind, value, score, threshold, suggested_value, suggested_score);
+- ``errors/*.parquet``: listing_id, source, stage, error_type, message;
+- ``summary.json``: counts, model, thresholds, input, runner, times, listings per second.
+
+A rerun to the same PREFIX replaces the previous outputs. Before any work the job checks
+the model, the thresholds file, the attribute-column mapping and every input file's
+schema, and stops with a message naming what is wrong.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from typing import Mapping, Sequence
+
+import apache_beam as beam
+from apache_beam.io.filesystems import FileSystems
+from apache_beam.options.pipeline_options import PipelineOptions, SetupOptions, StandardOptions
+from apache_beam.runners.runner import PipelineResult, PipelineState
+from ecomatch_model.api import Matcher, load
+from ecomatch_model.checkpoint import CheckpointError
+from ecomatch_model.data import parse_attribute_columns
+
+from transforms.decode import DecodeListings, ListingDecoder
+from transforms.flag import MATCH, FlagViolations
+from transforms.listings import InputSchemaError, ReadListings, check_input
+from transforms.reports import ERRORS, SCORES, SUMMARY, VIOLATIONS, ScanInfo, WriteReports, clear_outputs, read_summary
+from transforms.score import EcomatchModelHandler, ScoreListings
+
+log = logging.getLogger("ecomatch.scan")
+
+DEFAULT_RUNNER = "FnApiRunner"
+
+
+class ScanConfigError(ValueError):
+    """A scan argument (thresholds file, attribute columns) is unusable."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="ecomatch scan", description="Flag listings whose photo contradicts their text. Arguments not "
+        "listed here are Beam pipeline options (--runner, --direct_num_workers, --project, ...).")
+    p.add_argument("--input", required=True, help="Parquet shards: a glob, local or gs://")
+    p.add_argument("--output", required=True, help="report prefix, local or gs://; previous reports there are "
+                                                   "replaced")
+    p.add_argument("--model", default="default",
+                   help="bundled model name or checkpoint path/URL (default: %(default)s)")
+    p.add_argument("--thresholds", default=None, help="JSON file of {kind: threshold} overriding the model's "
+                                                      "calibration (kinds: match and the attribute kinds)")
+    p.add_argument("--attribute-columns", default=None,
+                   help="structured columns checked against the image, column=kind,... "
+                        "(default: base_colour=colour,article_type=article_type,pattern=pattern,"
+                        "material=material,gender=gender; absent columns are skipped)")
+    p.add_argument("--batch-size", type=int, default=64, help="listings per forward pass (default: %(default)s)")
+    p.add_argument("--model-copies", type=int, default=None,
+                   help="share this many model copies across all worker processes of a VM (default: one "
+                        "shared copy when the worker has CUDA, else one per process)")
+    return p
+
+
+def read_thresholds(path: str, matcher: Matcher) -> dict[str, float]:
+    """The ``--thresholds`` JSON file as {kind: threshold}, checked against the model's kinds
+    (match in [-1, 1], attribute kinds in [0, 1])."""
+    try:
+        with FileSystems.open(path, mime_type="application/json") as f:
+            data = json.loads(f.read().decode("utf-8"))
+    except (OSError, ValueError) as exc:
+        raise ScanConfigError(f"--thresholds {path}: cannot read a JSON object: {exc}") from None
+    if not isinstance(data, dict):
+        raise ScanConfigError(f"--thresholds {path}: expected a JSON object of kind -> threshold")
+    out = {}
+    for kind, value in data.items():
+        low = -1.0 if kind == MATCH else 0.0
+        if kind != MATCH and kind not in matcher.lexicon.kinds:
+            raise ScanConfigError(f"--thresholds {path}: unknown kind {kind!r} (known: "
+                                  f"{', '.join([MATCH, *matcher.lexicon.kinds])})")
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not low <= value <= 1.0:
+            raise ScanConfigError(f"--thresholds {path}: {kind} must be a number in [{low:g}, 1], got {value!r}")
+        out[kind] = float(value)
+    return out
+
+
+def attribute_columns(spec: str | None, matcher: Matcher) -> dict[str, str]:
+    """``--attribute-columns`` as {column: kind}, every kind known to the model."""
+    try:
+        columns = parse_attribute_columns(spec)
+    except ValueError as exc:
+        raise ScanConfigError(f"--attribute-columns: {exc}") from None
+    unknown = sorted({k for k in columns.values() if k not in matcher.lexicon.kinds})
+    if unknown:
+        raise ScanConfigError(f"--attribute-columns: unknown kind(s) {', '.join(unknown)} "
+                              f"(the model knows {', '.join(matcher.lexicon.kinds)})")
+    return columns
+
+
+def _runner_name(options: PipelineOptions, pipeline: beam.Pipeline) -> str:
+    runner = options.view_as(StandardOptions).runner
+    return runner if isinstance(runner, str) else type(pipeline.runner).__name__
+
+
+def run(argv: Sequence[str] | None = None, save_main_session: bool = True,
+        test_pipeline: beam.Pipeline | None = None) -> PipelineResult:
+    """Build and run the scan; returns the finished pipeline's result. Raises
+    :class:`ScanConfigError`, ``InputSchemaError``, ``CheckpointError`` or
+    ``FileNotFoundError`` before any work when an argument or an input file is unusable."""
+    args, beam_args = build_parser().parse_known_args(argv)
+    if args.batch_size < 1 or (args.model_copies is not None and args.model_copies < 1):
+        raise ScanConfigError("--batch-size and --model-copies must be at least 1")
+    options = PipelineOptions(beam_args)
+    if options.view_as(StandardOptions).runner is None:
+        options.view_as(StandardOptions).runner = DEFAULT_RUNNER
+    options.view_as(SetupOptions).save_main_session = save_main_session
+    pipeline = test_pipeline or beam.Pipeline(options=options)
+
+    matcher = load(args.model, device="cpu")       # the launcher only needs its text side and metadata
+    thresholds = read_thresholds(args.thresholds, matcher) if args.thresholds else {}
+    matcher.thresholds.update(thresholds)
+    columns = attribute_columns(args.attribute_columns, matcher)
+    files, read_columns = check_input(args.input, list(columns))
+    info = ScanInfo(args.input, len(files), args.output, args.model, matcher.sha256,
+                    {k: matcher.threshold(k) for k in [MATCH, *matcher.lexicon.kinds]}, list(matcher.lexicon.kinds),
+                    _runner_name(pipeline.options if test_pipeline else options, pipeline))
+    log.info("scanning %d file(s) matching %s (columns %s) with model %s (sha256 %s) into %s",
+             len(files), args.input, ", ".join(read_columns), args.model, matcher.sha256[:12], args.output)
+    clear_outputs(args.output)
+
+    listings = pipeline | "ReadListings" >> ReadListings(files, read_columns, list(columns))
+    decoder = ListingDecoder.from_matcher(matcher, columns)
+    decoded, decode_errors = listings | "DecodeListings" >> DecodeListings(decoder)
+    handler = EcomatchModelHandler(args.model, thresholds, args.batch_size, args.model_copies)
+    scored, score_errors = decoded | "ScoreListings" >> ScoreListings(handler)
+    verdicts = scored | "FlagViolations" >> FlagViolations()
+    errors = (decode_errors, score_errors) | "MergeErrors" >> beam.Flatten()
+    _ = {"listings": listings, "verdicts": verdicts, "errors": errors} | "WriteReports" >> WriteReports(info)
+
+    result = pipeline.run()
+    result.wait_until_finish()
+    return result
+
+
+def report_lines(summary: Mapping, prefix: str) -> list[str]:
+    """What ``ecomatch scan`` prints: the counts and where the reports are."""
+    c = summary["counts"]
+    kinds = ", ".join(f"{k} {n}" for k, n in c["violations_per_kind"].items() if n) or "none"
+    errors = ", ".join(f"{k} {n}" for k, n in c["errors_per_type"].items()) or "none"
+    return [f"read {c['read']} listings: {c['scored']} scored ({c['ok']} ok, {c['violations']} violations), "
+            f"{c['errors']} errors, in {summary['seconds']:.1f} s ({summary['listings_per_second']:.1f} listings/s)",
+            f"violations by kind: {kinds}",
+            f"errors by type: {errors}",
+            *(f"{name + ':':<11} {FileSystems.join(prefix, name)}/" for name in (SCORES, VIOLATIONS, ERRORS)),
+            f"{'summary:':<11} {FileSystems.join(prefix, SUMMARY)}"]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Console entry point: run the scan, print the counts and where the reports are."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    # Beam logs every string annotation it cannot resolve at INFO; they are not news.
+    logging.getLogger("apache_beam.typehints.native_type_compatibility").setLevel(logging.WARNING)
+    try:
+        result = run(argv)
+    except (ScanConfigError, InputSchemaError, CheckpointError, FileNotFoundError) as exc:
+        print(f"ecomatch scan: error: {exc}", file=sys.stderr)
+        return 2
+    if result.state != PipelineState.DONE:
+        print(f"ecomatch scan: the pipeline ended in state {result.state}", file=sys.stderr)
+        return 1
+    prefix = build_parser().parse_known_args(argv)[0].output
+    print("\n".join(report_lines(read_summary(prefix), prefix)))
+    return 0
+
+
+if __name__ == "__main__":
+    # force: importing Beam has already given the root logger a WARNING handler
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True)
+    sys.exit(main())

@@ -1,0 +1,77 @@
+"""Shared helpers and fixtures for the pipeline tests: small listing shards, a saved tiny
+model, and TestPipelines on Beam's in-process FnApiRunner (nothing is downloaded)."""
+from __future__ import annotations
+
+import io
+from pathlib import Path
+from typing import Any, Sequence
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from apache_beam.runners.portability.fn_api_runner import FnApiRunner
+from apache_beam.testing.test_pipeline import TestPipeline
+from PIL import Image
+
+from ecomatch_model.api import Matcher
+from ecomatch_model.checkpoint import Checkpoint, save
+
+ATTRS = {"base_colour": "colour", "article_type": "article_type"}
+
+LISTING_SCHEMA = pa.schema([
+    ("listing_id", pa.string()), ("title", pa.string()), ("image", pa.binary()), ("image_uri", pa.string()),
+    ("base_colour", pa.string()), ("article_type", pa.string()),
+])
+
+
+def fn_api_pipeline() -> TestPipeline:
+    """A TestPipeline on the in-process FnApiRunner."""
+    return TestPipeline(runner=FnApiRunner())
+
+
+def image(fmt: str = "JPEG", colour: tuple[int, int, int] = (200, 30, 30), size: tuple[int, int] = (40, 60)) -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", size, colour).save(buf, fmt)
+    return buf.getvalue()
+
+
+def listings_table(rows: Sequence[dict[str, Any]], schema: pa.Schema = LISTING_SCHEMA) -> pa.Table:
+    """Rows (missing keys are null) as a table of ``schema``."""
+    return pa.table({f.name: [r.get(f.name) for r in rows] for f in schema}, schema=schema)
+
+
+def write_table(path: Path, table: pa.Table) -> str:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(table, path)
+    return str(path)
+
+
+def mixed_rows(tmp: Path) -> list[dict[str, Any]]:
+    """Six listings: three good (inline JPEG, PNG via image_uri, WebP) and three bad."""
+    png = tmp / "images" / "b.png"
+    png.parent.mkdir(parents=True, exist_ok=True)
+    png.write_bytes(image("PNG", (20, 40, 200)))
+    return [
+        {"listing_id": "a", "title": "Ardent Men Red Cotton T-Shirt", "image": image(), "base_colour": "Red"},
+        {"listing_id": "b", "title": "Kestrel Women Navy Blue Dress", "image_uri": str(png), "article_type": "Dresses"},
+        {"listing_id": "c", "title": "Kestrel Women Dress", "image": image("WEBP"), "base_colour": "Navy Blue"},
+        {"listing_id": "d", "title": "Broken Image Shirt", "image": b"\xff\xd8\xff not really a jpeg"},
+        {"listing_id": "e", "title": "Bitmap Shirt", "image": image("BMP")},
+        {"listing_id": None, "title": "No Id Shirt", "image": image()},
+    ]
+
+
+# Fixtures are named apart from their functions, so that a test module imports
+# ``matcher_fixture`` and its tests take ``matcher`` without shadowing the import.
+@pytest.fixture(name="matcher")
+def matcher_fixture(tiny_ckpt: Checkpoint) -> Matcher:
+    """A Matcher on the conftest's tiny checkpoint, on the CPU."""
+    return Matcher(tiny_ckpt, "tiny", device="cpu")
+
+
+@pytest.fixture(name="model_dir")
+def model_dir_fixture(tiny_ckpt: Checkpoint, tmp_path: Path) -> str:
+    """The tiny checkpoint saved as a model directory."""
+    path = tmp_path / "model"
+    save(tiny_ckpt, str(path))
+    return str(path)

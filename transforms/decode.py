@@ -1,0 +1,151 @@
+"""The ``DecodeListings`` stage: validate a row, fetch and decode its image, letterbox it,
+tokenize the title and find its attributes, all as fixed-shape arrays per listing.
+
+Rows that cannot be used (no id, no title, no image, an unreadable or unsupported image)
+raise here and leave through ``.with_exception_handling()`` as error records; nothing
+broken reaches ``RunInference``.
+
+``content_hash`` is the sha256 of, in order and each prefixed by its byte length: the
+model's weights sha256, the title (UTF-8), the structured attributes used (``kind=value``
+lines, sorted) and the image bytes. Equal hashes mean the model saw the same input.
+"""
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from typing import Mapping, Sequence
+
+import apache_beam as beam
+import fsspec
+import numpy as np
+from ecomatch_model.api import Matcher
+from ecomatch_model.preprocess import to_uint8
+from ecomatch_model.text import Mention, TextEncoder
+
+from .errors import ErrorRecord, dead_letter_errors
+from .listings import RawListing
+
+MAX_IMAGE_BYTES = 50 * 1024 * 1024
+_MAGIC = ((b"\xff\xd8\xff", "JPEG"), (b"\x89PNG\r\n\x1a\n", "PNG"), (b"GIF87a", "GIF"), (b"GIF89a", "GIF"))
+
+
+class ListingError(ValueError):
+    """A row lacks something every listing needs (id, title, image)."""
+
+
+class UnsupportedImageError(ValueError):
+    """The image bytes are not JPEG, PNG, WebP or GIF."""
+
+
+@dataclass
+class DecodedListing:
+    """A listing ready for the model: every array has the same shape for every listing.
+
+    pixels (3, S, S) uint8; ids, mask (L,); attr_mask (A, L); attr_valid, attr_value (A,);
+    ``mentions`` are the attributes checked, ``origins[j]`` says where mention j came from
+    (``"title"`` or the structured column's name).
+    """
+
+    listing_id: str
+    source: str
+    content_hash: str
+    pixels: np.ndarray
+    ids: np.ndarray
+    mask: np.ndarray
+    attr_mask: np.ndarray
+    attr_valid: np.ndarray
+    attr_value: np.ndarray
+    mentions: list[Mention]
+    origins: list[str]
+
+
+def image_format(data: bytes) -> str:
+    """JPEG, PNG, WEBP or GIF from the leading bytes; raises :class:`UnsupportedImageError`."""
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "WEBP"
+    for magic, name in _MAGIC:
+        if data.startswith(magic):
+            return name
+    raise UnsupportedImageError(f"unsupported image format (leading bytes {data[:12].hex()}); "
+                                "expected JPEG, PNG, WebP or GIF")
+
+
+def image_bytes(raw: RawListing, max_bytes: int = MAX_IMAGE_BYTES) -> bytes:
+    """The listing's image: the ``image`` column, else the file at ``image_uri`` (fsspec)."""
+    if raw.image:
+        return raw.image
+    if not raw.image_uri:
+        raise ListingError("no image: 'image' and 'image_uri' are both empty")
+    with fsspec.open(raw.image_uri, "rb") as f:
+        data = f.read(max_bytes + 1)
+    if len(data) > max_bytes:
+        raise ListingError(f"image at {raw.image_uri} is over {max_bytes} bytes")
+    return data
+
+
+def content_hash(model_sha256: str, title: str, attributes: Sequence[tuple[str, str]], image: bytes) -> str:
+    """sha256 over the length-prefixed model hash, title, sorted attributes and image."""
+    h = hashlib.sha256()
+    lines = "\n".join(sorted(f"{k}={v}" for k, v in attributes))
+    for part in (model_sha256.encode(), title.encode("utf-8"), lines.encode("utf-8"), image):
+        h.update(len(part).to_bytes(8, "big"))
+        h.update(part)
+    return h.hexdigest()
+
+
+@dataclass(frozen=True)
+class ListingDecoder:
+    """``RawListing -> DecodedListing`` with the model's text side and input size.
+
+    It carries the vocabulary and lexicon themselves (plain data, a few hundred kB), taken
+    from the checkpoint the launcher loaded, so workers need no model files to decode and
+    decoding can never disagree with the model that scores.
+    """
+
+    encoder: TextEncoder
+    image_size: int
+    attribute_columns: Mapping[str, str]   # column -> kind
+    model_sha256: str
+
+    @classmethod
+    def from_matcher(cls, matcher: Matcher, attribute_columns: Mapping[str, str]) -> "ListingDecoder":
+        return cls(matcher.text_encoder, matcher.image_size, dict(attribute_columns), matcher.sha256)
+
+    def column_attributes(self, raw: RawListing) -> list[tuple[str, str, str]]:
+        """(column, kind, value) for each structured column whose value the lexicon knows."""
+        found = ((c, k, self.encoder.lexicon.canonical(k, raw.attributes.get(c, "")))
+                 for c, k in self.attribute_columns.items())
+        return [(c, k, v) for c, k, v in found if v is not None]
+
+    def __call__(self, raw: RawListing) -> DecodedListing:
+        if not raw.listing_id:
+            raise ListingError("listing_id is empty")
+        if raw.title is None or not raw.title.strip():
+            raise ListingError("title is empty")
+        data = image_bytes(raw)
+        image_format(data)                      # refuse formats outside the contract before Pillow opens them
+        pixels = to_uint8(data, self.image_size)
+        columns = self.column_attributes(raw)
+        pairs = [(k, v) for _, k, v in columns]
+        enc = self.encoder.encode([raw.title], [pairs])
+        mentions = enc.mentions[0]
+        n_title = len(self.encoder.tokens(raw.title))
+        origins = [("title" if m.start < n_title else next(c for c, k, v in columns if (k, v) == (m.kind, m.value)))
+                   for m in mentions]
+        return DecodedListing(raw.listing_id, raw.source, content_hash(self.model_sha256, raw.title, pairs, data),
+                              pixels, enc.ids[0], enc.mask[0], enc.attr_mask[0], enc.attr_valid[0], enc.attr_value[0],
+                              mentions, origins)
+
+
+class DecodeListings(beam.PTransform):
+    """RawListing -> (DecodedListing, ErrorRecord) PCollections; each row lands in exactly one."""
+
+    def __init__(self, decoder: ListingDecoder):
+        super().__init__()
+        self._decoder = decoder
+
+    def expand(self, listings: beam.PCollection[RawListing]
+               ) -> tuple[beam.PCollection[DecodedListing], beam.PCollection[ErrorRecord]]:
+        decoded, failed = listings | "Decode" >> beam.Map(self._decoder).with_exception_handling()
+        errors = failed | "DecodeErrors" >> beam.FlatMap(dead_letter_errors, stage="decode")
+        return decoded, errors

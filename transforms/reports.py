@@ -1,0 +1,195 @@
+"""The ``WriteReports`` stage and the output layout under PREFIX (local path or ``gs://``):
+
+- ``scores/part-SSSSS-of-NNNNN.parquet``: one row per scored listing (:data:`SCORES_SCHEMA`);
+- ``violations/part-*.parquet``: one row per violation (:data:`VIOLATIONS_SCHEMA`);
+- ``errors/part-*.parquet``: one row per listing that could not be scored (:data:`ERRORS_SCHEMA`);
+- ``summary.json``: counts, model, thresholds, input, runner, times and throughput, and
+  the shard files of this run. It is written last, only once every shard is final and the
+  counts reconcile (read = scored + errors, scored = ok + violations); otherwise the job
+  fails. A prefix without ``summary.json`` holds no complete run.
+
+Shards go through Beam's file sinks (temporary files, then finalize). Every report
+directory gets at least one shard, so an empty report still carries its schema.
+
+Reruns replace: :func:`clear_outputs` deletes the previous run's ``summary.json`` and report
+directories (and nothing else under PREFIX) when the job is launched. Deleting up front,
+rather than writing to a run-specific prefix and swapping, keeps readers on one fixed
+layout and needs no rename, which object stores do not have; the price is that a failed
+rerun leaves no report, and its missing ``summary.json`` says so.
+"""
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any, Iterator, Mapping, Sequence
+
+import apache_beam as beam
+import pyarrow as pa
+from apache_beam.io.filesystems import FileSystems
+from apache_beam.io.parquetio import WriteToParquet
+from apache_beam.pvalue import AsList
+
+from .errors import ErrorRecord
+from .flag import MATCH, Verdict
+
+SCORES, VIOLATIONS, ERRORS, SUMMARY = "scores", "violations", "errors", "summary.json"
+
+SCORES_SCHEMA = pa.schema([
+    ("listing_id", pa.string()), ("verdict", pa.string()), ("severity", pa.float64()),
+    ("match_score", pa.float64()), ("worst_kind", pa.string()), ("content_hash", pa.string()),
+])
+ATTRIBUTE_TYPE = pa.struct([
+    ("kind", pa.string()), ("value", pa.string()), ("score", pa.float64()), ("threshold", pa.float64()),
+    ("suggested_value", pa.string()), ("suggested_score", pa.float64()),
+])
+VIOLATIONS_SCHEMA = pa.schema([
+    ("listing_id", pa.string()), ("severity", pa.float64()), ("match_score", pa.float64()),
+    ("worst_kind", pa.string()), ("reasons", pa.list_(pa.string())), ("attributes", pa.list_(ATTRIBUTE_TYPE)),
+])
+ERRORS_SCHEMA = pa.schema([
+    ("listing_id", pa.string()), ("source", pa.string()), ("stage", pa.string()),
+    ("error_type", pa.string()), ("message", pa.string()),
+])
+
+
+class CountMismatchError(RuntimeError):
+    """The scan's counts do not reconcile: some listing was lost or counted twice."""
+
+
+@dataclass(frozen=True)
+class ScanInfo:
+    """What the launcher knows about a scan, for ``summary.json``."""
+
+    input: str
+    input_files: int
+    output: str
+    model_name: str
+    model_sha256: str
+    thresholds: Mapping[str, float]
+    kinds: Sequence[str]            # attribute kinds, for per-kind counts
+    runner: str
+    started_at: float = field(default_factory=time.time)
+
+
+def clear_outputs(prefix: str) -> None:
+    """Delete a previous run's reports under ``prefix`` (see the module docstring)."""
+    for name in (SUMMARY, SCORES, VIOLATIONS, ERRORS):
+        path = FileSystems.join(prefix, name)
+        files = [m.path for m in FileSystems.match([path + "/**"])[0].metadata_list]
+        if files:
+            FileSystems.delete(files)
+        if FileSystems.exists(path):      # summary.json, or a local directory now empty
+            FileSystems.delete([path])
+
+
+def verdict_events(v: Verdict) -> Iterator[str]:
+    """Count keys of one verdict: scored, its verdict and, for violations, its kind."""
+    yield "scored"
+    yield v.verdict
+    if v.worst_kind is not None:
+        yield f"kind:{v.worst_kind}"
+
+
+def error_events(e: ErrorRecord) -> Iterator[str]:
+    yield "errors"
+    yield f"error:{e.error_type}"
+
+
+def summary_counts(events: Mapping[str, int], kinds: Sequence[str]) -> dict[str, Any]:
+    """The ``counts`` block of ``summary.json``; raises :class:`CountMismatchError` when
+    read != scored + errors, scored != ok + violations, or the per-kind counts do not add up."""
+    def get(key: str) -> int:
+        return int(events.get(key, 0))
+
+    counts: dict[str, Any] = {"read": get("read"), "scored": get("scored"), "ok": get("ok"),
+                              "violations": get("violation"), "errors": get("errors")}
+    counts["violations_per_kind"] = {k: get(f"kind:{k}") for k in [MATCH, *kinds]}
+    counts["errors_per_type"] = {k[6:]: n for k, n in sorted(events.items()) if k.startswith("error:")}
+    problems = []
+    if counts["read"] != counts["scored"] + counts["errors"]:
+        problems.append(f"read {counts['read']} != scored {counts['scored']} + errors {counts['errors']}")
+    if counts["scored"] != counts["ok"] + counts["violations"]:
+        problems.append(f"scored {counts['scored']} != ok {counts['ok']} + violations {counts['violations']}")
+    if sum(counts["violations_per_kind"].values()) != counts["violations"]:
+        problems.append(f"violations per kind {counts['violations_per_kind']} do not add up to {counts['violations']}")
+    if problems:
+        raise CountMismatchError("scan counts do not reconcile: " + "; ".join(problems))
+    return counts
+
+
+def _iso(t: float) -> str:
+    return datetime.fromtimestamp(t, timezone.utc).isoformat(timespec="seconds")
+
+
+def _relative(prefix: str, path: str) -> str:
+    root = prefix.rstrip("/") + "/"
+    return path[len(root):] if path.startswith(root) else path
+
+
+def write_summary(events: Mapping[str, int], info: ScanInfo, scores: Sequence[str], violations: Sequence[str],
+                  errors: Sequence[str]) -> dict[str, Any]:
+    """Build ``summary.json`` from the event counts and the final shard names, write it
+    under the output prefix, and return it."""
+    counts = summary_counts(events, info.kinds)
+    finished = time.time()
+    seconds = max(finished - info.started_at, 1e-9)
+    summary = {
+        "counts": counts,
+        "model": {"name": info.model_name, "sha256": info.model_sha256},
+        "thresholds": dict(info.thresholds),
+        "input": {"pattern": info.input, "files": info.input_files},
+        "output": info.output,
+        "runner": info.runner,
+        "started_at": _iso(info.started_at),
+        "finished_at": _iso(finished),
+        "seconds": round(seconds, 3),
+        "listings_per_second": round(counts["read"] / seconds, 3),
+        "files": {name: sorted(_relative(info.output, p) for p in paths)
+                  for name, paths in ((SCORES, scores), (VIOLATIONS, violations), (ERRORS, errors))},
+    }
+    with FileSystems.create(FileSystems.join(info.output, SUMMARY), mime_type="application/json") as f:
+        f.write((json.dumps(summary, indent=2, sort_keys=True) + "\n").encode("utf-8"))
+    return summary
+
+
+def read_summary(prefix: str) -> dict[str, Any]:
+    """The ``summary.json`` of the scan written to ``prefix``."""
+    with FileSystems.open(FileSystems.join(prefix, SUMMARY), mime_type="application/json") as f:
+        return json.loads(f.read().decode("utf-8"))
+
+
+def _shards(prefix: str, name: str, schema: pa.Schema) -> WriteToParquet:
+    return WriteToParquet(FileSystems.join(prefix, name, "part"), schema, file_name_suffix=".parquet")
+
+
+class WriteReports(beam.PTransform):
+    """``{"listings", "verdicts", "errors"}`` PCollections -> the reports under the output
+    prefix; returns a PCollection holding the one ``summary.json`` dict."""
+
+    def __init__(self, info: ScanInfo):
+        super().__init__()
+        self._info = info
+
+    def expand(self, pcolls: Mapping[str, beam.PCollection]) -> beam.PCollection[dict]:
+        out = self._info.output
+        verdicts, errors = pcolls["verdicts"], pcolls["errors"]
+        scores = (verdicts
+                  | "ScoreRows" >> beam.Map(Verdict.score_row)
+                  | "WriteScores" >> _shards(out, SCORES, SCORES_SCHEMA))
+        violations = (verdicts
+                      | "KeepViolations" >> beam.Filter(lambda v: v.verdict == "violation")
+                      | "ViolationRows" >> beam.Map(Verdict.violation_row)
+                      | "WriteViolations" >> _shards(out, VIOLATIONS, VIOLATIONS_SCHEMA))
+        error_files = (errors
+                       | "ErrorRows" >> beam.Map(ErrorRecord.row)
+                       | "WriteErrors" >> _shards(out, ERRORS, ERRORS_SCHEMA))
+        events = ((pcolls["listings"] | "ReadEvents" >> beam.Map(lambda _: "read"),
+                   verdicts | "VerdictEvents" >> beam.FlatMap(verdict_events),
+                   errors | "ErrorEvents" >> beam.FlatMap(error_events))
+                  | "AllEvents" >> beam.Flatten()
+                  | "CountEvents" >> beam.combiners.Count.PerElement()
+                  | "EventCounts" >> beam.combiners.ToDict())
+        return events | "WriteSummary" >> beam.Map(write_summary, self._info, AsList(scores), AsList(violations),
+                                                    AsList(error_files))
