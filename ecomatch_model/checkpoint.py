@@ -142,18 +142,25 @@ def deserialize(files: Mapping[str, bytes], where: str = "checkpoint") -> Checkp
         cfg = ModelConfig.from_json(json.loads(files["config.json"]))
     except (TypeError, ValueError) as exc:
         raise CheckpointError(f"{where}: bad config.json: {exc}") from None
-    vocab = Vocabulary.from_json(json.loads(files["vocab.json"]))
-    lexicon = Lexicon.from_json(json.loads(files["lexicon.json"]))
+    try:
+        vocab = Vocabulary.from_json(json.loads(files["vocab.json"]))
+        lexicon = Lexicon.from_json(json.loads(files["lexicon.json"]))
+        thresholds = {k: float(v) for k, v in json.loads(files["thresholds.json"]).items()}
+    except (TypeError, ValueError, KeyError, AttributeError) as exc:
+        raise CheckpointError(f"{where}: bad vocab.json, lexicon.json or thresholds.json: "
+                              f"{type(exc).__name__}: {exc}") from None
     if cfg.text.vocab_size != vocab.size or cfg.n_values != len(lexicon.values):
         raise CheckpointError(f"{where}: config.json sizes (vocab {cfg.text.vocab_size}, values "
                               f"{cfg.n_values}) do not match vocab.json ({vocab.size}) and "
                               f"lexicon.json ({len(lexicon.values)})")
     model = DualMatcher(cfg, value_kind_tensor(lexicon))
-    state = st_load(files["weights.safetensors"])
+    try:
+        state = st_load(files["weights.safetensors"])
+    except Exception as exc:  # the safetensors parser's own error types
+        raise CheckpointError(f"{where}: weights.safetensors is not a safetensors file: {exc}") from None
     _check_state(model, state, where)
     model.load_state_dict(state)
     model.eval()
-    thresholds = {k: float(v) for k, v in json.loads(files["thresholds.json"]).items()}
     return Checkpoint(model, vocab, lexicon, thresholds, files.get("MODEL_CARD.md", b"").decode("utf-8"),
                       manifest["sha256"]["weights.safetensors"])
 

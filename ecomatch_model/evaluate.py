@@ -18,12 +18,9 @@ from .api import ListingScore, Matcher
 from .data import (DEFAULT_ATTRIBUTE_COLUMNS, Listings, article_groups, clean_indices, column_attributes,
                    corrupt_attribute, image_swap_partner)
 from .metrics import precision_recall, recall_at_k, roc_auc, threshold_for_precision
-from .preprocess import ImageDecodeError, normalize, to_uint8
+from .preprocess import decode_images, normalize
 
 log = logging.getLogger(__name__)
-
-DETECTION_KINDS = ("colour", "article_type", "pattern")
-
 
 @dataclass
 class EvalSet:
@@ -49,15 +46,9 @@ def build_eval_set(matcher: Matcher, listings: Listings, max_listings: int | Non
     idx = clean_indices(listings)
     if max_listings is not None and len(idx) > max_listings:
         idx = np.sort(rng.choice(idx, max_listings, replace=False))
-    decoded, ok = [], []
-    for i in idx:
-        try:
-            decoded.append(to_uint8(listings.images[i], matcher.image_size))
-            ok.append(int(i))
-        except ImageDecodeError as exc:
-            log.warning("evaluation skips %s: %s", listings.ids[i], exc)
-    base = listings.take(ok)
-    pixels = torch.from_numpy(np.stack(decoded))
+    decoded, ok = decode_images([listings.images[i] for i in idx], matcher.image_size)
+    base = listings.take(idx[ok])
+    pixels = torch.from_numpy(decoded)
     clean = _score(matcher, pixels, base.titles)
     enc = matcher.text_encoder
     corrupted = {}

@@ -3,13 +3,16 @@ Pillow decode (JPEG draft mode), letterbox onto a white square, normalise."""
 from __future__ import annotations
 
 import io
+import logging
+import warnings
 from typing import Sequence, Union
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 ImageInput = Union[bytes, bytearray, memoryview, Image.Image]
+log = logging.getLogger(__name__)
 
 DEFAULT_MAX_PIXELS = 40_000_000
 MEAN = np.array([0.5, 0.5, 0.5], np.float32)
@@ -21,25 +24,35 @@ class ImageDecodeError(ValueError):
     """The bytes are not a usable image (unreadable, too large, empty)."""
 
 
+class ImageTooLargeError(ImageDecodeError):
+    """The image header declares more pixels than the cap (a decompression bomb, or simply too big)."""
+
+
 def open_image(data: ImageInput, size: int, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
     """Decode bytes (or take a PIL image) as RGB, reduced at decode time towards ``size``.
 
     The pixel count is checked from the header before any pixel is decoded, so
-    decompression bombs are refused cheaply.
+    decompression bombs are refused cheaply (:class:`ImageTooLargeError`).
     """
     if isinstance(data, Image.Image):
         img = data
     else:
         if not data:
             raise ImageDecodeError("empty image bytes")
+        head = f"cannot identify image format ({len(data)} bytes starting {bytes(data[:8]).hex()})"
         try:
-            img = Image.open(io.BytesIO(bytes(data)))
-        except Exception:  # Pillow raises several types for bad headers
-            raise ImageDecodeError(f"cannot identify image format ({len(data)} bytes starting "
-                                   f"{bytes(data[:8]).hex()})") from None
+            with warnings.catch_warnings():     # the cap below decides; Pillow's own warning is noise
+                warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+                img = Image.open(io.BytesIO(bytes(data)))
+        except Image.DecompressionBombError as exc:   # over Pillow's hard limit (2 x MAX_IMAGE_PIXELS)
+            raise ImageTooLargeError(f"decompression bomb refused before decoding: {exc}") from None
+        except UnidentifiedImageError:  # its message names the BytesIO object, memory address and all
+            raise ImageDecodeError(head) from None
+        except Exception as exc:  # Pillow raises several types for bad headers
+            raise ImageDecodeError(f"{head}: {type(exc).__name__}: {exc}") from None
     w, h = img.size
     if w * h > max_pixels:
-        raise ImageDecodeError(f"image has {w}x{h} pixels, over the cap of {max_pixels}")
+        raise ImageTooLargeError(f"image has {w}x{h} pixels, over the cap of {max_pixels}")
     if w < 1 or h < 1:
         raise ImageDecodeError(f"image has no pixels ({w}x{h})")
     try:
@@ -84,6 +97,19 @@ def letterbox(img: Image.Image, size: int) -> np.ndarray:
 def to_uint8(data: ImageInput, size: int, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
     """Decode and letterbox one image: (3, size, size) uint8."""
     return letterbox(open_image(data, size, max_pixels), size)
+
+
+def decode_images(images: Sequence[ImageInput], size: int) -> tuple[np.ndarray, np.ndarray]:
+    """(N, 3, S, S) uint8 letterboxed images and the indices that decoded; the others are
+    logged and skipped (training and evaluation sets, where a bad row is simply left out)."""
+    out, ok = [], []
+    for i, data in enumerate(images):
+        try:
+            out.append(to_uint8(data, size))
+            ok.append(i)
+        except ImageDecodeError as exc:
+            log.warning("skipping image %d: %s", i, exc)
+    return (np.stack(out) if out else np.zeros((0, 3, size, size), np.uint8)), np.asarray(ok, np.int64)
 
 
 def normalize(pixels: torch.Tensor) -> torch.Tensor:

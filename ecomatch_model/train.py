@@ -24,7 +24,7 @@ from .checkpoint import Checkpoint, build_model, load_checkpoint, save
 from .config import ModelConfig
 from .data import Listings, column_attributes, content_split, corrupt_attribute
 from .model import DualMatcher, GatedMLP
-from .preprocess import ImageDecodeError, normalize, to_uint8
+from .preprocess import decode_images, normalize
 from .text import EncodedText, Lexicon, TextEncoder, Vocabulary
 
 log = logging.getLogger(__name__)
@@ -43,18 +43,6 @@ class TrainOptions:
     device: str = "cpu"
     log_every: int = 20
     stop_after: int | None = None  # end this run after this epoch; --resume continues the schedule
-
-
-def decode_images(images: list[bytes], size: int) -> tuple[np.ndarray, np.ndarray]:
-    """(N, 3, S, S) uint8 letterboxed images and the indices that decoded."""
-    out, ok = [], []
-    for i, data in enumerate(images):
-        try:
-            out.append(to_uint8(data, size))
-            ok.append(i)
-        except ImageDecodeError as exc:
-            log.warning("skipping listing %d: %s", i, exc)
-    return (np.stack(out) if out else np.zeros((0, 3, size, size), np.uint8)), np.asarray(ok, np.int64)
 
 
 def augment(pixels: torch.Tensor, gen: torch.Generator, pad: int) -> torch.Tensor:

@@ -1,12 +1,28 @@
-"""Bad rows as data: dead-letter outputs of ``.with_exception_handling()`` -> error records."""
+"""Bad rows as data: dead-letter outputs of ``.with_exception_handling()`` -> error records.
+
+Messages pass through :func:`redact` first: an ``image_uri`` that carries credentials
+(``https://user:pass@host/x.jpg``, a signed URL's ``?X-Goog-Signature=...``) must not
+copy them into the reports.
+"""
 from __future__ import annotations
 
+import re
 from dataclasses import asdict, dataclass
 from typing import Any, Iterator, Sequence
 
 from apache_beam.metrics import Metrics
 
 from .progress import NAMESPACE
+
+_USERINFO = re.compile(r"\b([a-zA-Z][a-zA-Z0-9+.-]*://)[^/?#\s@]+@")
+_SECRET_PARAM = re.compile(r"(?i)([?&;][^=&#\s]*(?:sig|token|key|secret|pass|pwd|credential|auth)[^=&#\s]*=)"
+                           r"[^&#\s'\"]+")
+
+
+def redact(text: str) -> str:
+    """``text`` with URL credentials masked: the user-info of ``scheme://user:pass@host`` and
+    the values of query parameters whose names look secret (signature, token, key, ...)."""
+    return _SECRET_PARAM.sub(r"\1***", _USERINFO.sub(r"\1***@", text))
 
 
 @dataclass(frozen=True)
@@ -39,7 +55,7 @@ def dead_letter_errors(dead_letter: tuple[Any, tuple[type, str, Sequence[str]]],
     """Error records for a dead letter ``(input, (type, repr, traceback))``; the input is one
     listing (``listing_id`` and ``source`` attributes) or a batch (list) of them."""
     element, (exc_type, exc_repr, tb_lines) = dead_letter
-    message = exception_message(exc_type, exc_repr, tb_lines)
+    message = redact(exception_message(exc_type, exc_repr, tb_lines))
     for item in element if isinstance(element, list) else [element]:
         Metrics.counter(NAMESPACE, "errors").inc()
         Metrics.counter(NAMESPACE, f"errors_{exc_type.__name__}").inc()

@@ -9,8 +9,11 @@ Listing shards are Parquet files with
   column -> attribute kind).
 
 :func:`check_input` reads only the Parquet footers, before the pipeline is built, so a
-missing or mistyped column stops the job with the file and the column named.
-:class:`ReadListings` then reads exactly the needed columns with Beam's Parquet IO.
+missing or mistyped column, or a file that is not Parquet (truncated, say), stops the job
+with the file and the column named. :class:`ReadListings` then reads exactly the needed
+columns, one row group per element, all of a row group or none of it: a corrupt data page
+fails the job naming the file and the row group, or, after ``with_exception_handling()``
+(``ecomatch scan --skip-bad-files``), becomes an error record while the rest is read.
 """
 from __future__ import annotations
 
@@ -22,9 +25,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from apache_beam.io.filesystem import BeamIOError, CompressionTypes
 from apache_beam.io.filesystems import FileSystems
-from apache_beam.io.parquetio import ReadAllFromParquet
 from apache_beam.metrics import Metrics
 
+from .errors import ErrorRecord, exception_message, redact
 from .progress import NAMESPACE
 
 REQUIRED_COLUMNS = ("listing_id", "title")
@@ -33,6 +36,10 @@ IMAGE_COLUMNS = ("image", "image_uri")
 
 class InputSchemaError(ValueError):
     """The input matches no file, or a file lacks a required column or has a mistyped one."""
+
+
+class UnreadableInputError(ValueError):
+    """A row group of an input file cannot be read (a corrupt data page, say)."""
 
 
 @dataclass
@@ -76,18 +83,30 @@ def check_schema(path: str, schema: pa.Schema, attribute_columns: Sequence[str])
     return [name for name in expected if name in types]
 
 
-def read_schema(path: str) -> pa.Schema:
-    """The Arrow schema in a Parquet file's footer (local path or any Beam filesystem URL)."""
+def read_footer(path: str) -> pq.FileMetaData:
+    """A Parquet file's footer (local path or any Beam filesystem URL); raises
+    :class:`InputSchemaError` naming the file when it has none (not Parquet, truncated)."""
     with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
         try:
-            return pq.read_schema(f)
+            return pq.read_metadata(f)
         except (pa.ArrowException, OSError) as exc:
             raise InputSchemaError(f"{path}: not a readable Parquet file: {exc}") from None
 
 
-def check_input(pattern: str, attribute_columns: Sequence[str]) -> tuple[list[str], list[str]]:
-    """Expand ``pattern`` and check every file's schema; returns (sorted files, the union of
-    columns to read). Raises :class:`InputSchemaError` on the first bad file."""
+@dataclass(frozen=True)
+class InputSurvey:
+    """The files matching an input pattern: the usable ones (sorted), the union of the
+    columns to read from them, and each unusable file with the reason (file -> message)."""
+
+    files: list[str]
+    columns: list[str]
+    bad: dict[str, str]
+
+
+def survey_input(pattern: str, attribute_columns: Sequence[str], strict: bool = True) -> InputSurvey:
+    """Expand ``pattern`` and check every file's footer and schema. A pattern that matches
+    nothing raises :class:`InputSchemaError`; so does the first unusable file when ``strict``,
+    else it is listed in ``bad``."""
     try:
         files = sorted(m.path for m in FileSystems.match([pattern])[0].metadata_list)
     except BeamIOError as exc:
@@ -95,9 +114,23 @@ def check_input(pattern: str, attribute_columns: Sequence[str]) -> tuple[list[st
     if not files:
         raise InputSchemaError(f"no files match {pattern!r}")
     columns: dict[str, None] = {}
+    bad: dict[str, str] = {}
     for path in files:
-        columns.update(dict.fromkeys(check_schema(path, read_schema(path), attribute_columns)))
-    return files, list(columns)
+        try:
+            columns.update(dict.fromkeys(check_schema(path, read_footer(path).schema.to_arrow_schema(),
+                                                      attribute_columns)))
+        except InputSchemaError as exc:
+            if strict:
+                raise
+            bad[path] = str(exc)
+    return InputSurvey([f for f in files if f not in bad], list(columns), bad)
+
+
+def check_input(pattern: str, attribute_columns: Sequence[str]) -> tuple[list[str], list[str]]:
+    """Expand ``pattern`` and check every file's schema; returns (sorted files, the union of
+    columns to read). Raises :class:`InputSchemaError` on the first bad file."""
+    survey = survey_input(pattern, attribute_columns)
+    return survey.files, survey.columns
 
 
 def to_raw_listing(file_row: tuple[str, Mapping[str, Any]], attribute_columns: Sequence[str]) -> RawListing:
@@ -108,16 +141,79 @@ def to_raw_listing(file_row: tuple[str, Mapping[str, Any]], attribute_columns: S
                       {c: row[c] for c in attribute_columns if row.get(c)})
 
 
+@dataclass(frozen=True)
+class RowGroup:
+    """Row group ``index`` (of ``count``) of an input file, holding ``rows`` rows: the unit
+    of reading, and of skipping with ``--skip-bad-files``."""
+
+    path: str
+    index: int
+    count: int
+    rows: int
+
+
+def file_row_groups(path: str, attribute_columns: Sequence[str]) -> list[RowGroup]:
+    """The row groups of a file whose footer and schema are usable (:func:`check_schema`);
+    raises :class:`InputSchemaError` naming the file otherwise."""
+    footer = read_footer(path)
+    check_schema(path, footer.schema.to_arrow_schema(), attribute_columns)
+    return [RowGroup(path, g, footer.num_row_groups, footer.row_group(g).num_rows)
+            for g in range(footer.num_row_groups)]
+
+
+def read_row_group(group: RowGroup, columns: Sequence[str], attribute_columns: Sequence[str]) -> list[RawListing]:
+    """Every row of one row group (those of ``columns`` the file has), all or none: raises
+    :class:`UnreadableInputError` naming the file and the row group when any page of it is bad."""
+    try:
+        with FileSystems.open(group.path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
+            pf = pq.ParquetFile(f)
+            present = [c for c in columns if c in pf.schema_arrow.names]
+            rows = pf.read_row_group(group.index, columns=present).to_pylist()
+    except Exception as exc:  # a corrupt page raises OSError, ArrowInvalid, ...: say which file and where
+        why = " ".join(str(exc).split())        # one line: Arrow's messages span several
+        raise UnreadableInputError(f"{group.path}: row group {group.index + 1} of {group.count} ({group.rows} rows) "
+                                   f"cannot be read: {type(exc).__name__}: {why}") from exc
+    return [to_raw_listing((group.path, row), attribute_columns) for row in rows]
+
+
+def read_error(dead_letter: tuple[str | RowGroup, tuple[type, str, Sequence[str]]]) -> ErrorRecord:
+    """The error record (stage ``read``, no listing id) of a file or row group that could not be read."""
+    element, (exc_type, exc_repr, tb_lines) = dead_letter
+    Metrics.counter(NAMESPACE, "skipped_inputs").inc()
+    source = element.path if isinstance(element, RowGroup) else element
+    return ErrorRecord(None, source, "read", exc_type.__name__, redact(exception_message(exc_type, exc_repr, tb_lines)))
+
+
 class ReadListings(beam.PTransform):
-    """Checked Parquet files -> :class:`RawListing`, reading only ``columns``."""
+    """Parquet files -> :class:`RawListing`, reading only ``columns``, a row group at a time.
+
+    A file whose footer or schema is unusable, or a row group that cannot be read, fails the
+    job with the file named. After :meth:`with_exception_handling` each becomes an
+    :class:`ErrorRecord` instead (stage ``read``), the rest is read, and the transform
+    returns (listings, errors), as Beam's own transforms do.
+    """
 
     def __init__(self, files: Sequence[str], columns: Sequence[str], attribute_columns: Sequence[str]):
         super().__init__()
         self._files, self._columns = list(files), list(columns)
-        self._attribute_columns = [c for c in attribute_columns if c in self._columns]
+        self._attribute_columns = list(attribute_columns)
+        self._skip_bad_files = False
 
-    def expand(self, pbegin: beam.pvalue.PBegin) -> beam.PCollection[RawListing]:
-        return (pbegin
-                | "ListFiles" >> beam.Create(self._files)
-                | "ReadParquet" >> ReadAllFromParquet(columns=self._columns, with_filename=True)
-                | "ToListings" >> beam.Map(to_raw_listing, attribute_columns=self._attribute_columns))
+    def with_exception_handling(self) -> "ReadListings":
+        """Report unreadable files and row groups as error records instead of failing."""
+        self._skip_bad_files = True
+        return self
+
+    def expand(self, pbegin: beam.pvalue.PBegin
+               ) -> beam.PCollection[RawListing] | tuple[beam.PCollection[RawListing], beam.PCollection[ErrorRecord]]:
+        files = pbegin | "ListFiles" >> beam.Create(self._files)
+        list_groups = beam.FlatMap(file_row_groups, self._attribute_columns)
+        read = beam.FlatMap(read_row_group, self._columns, self._attribute_columns)
+        if not self._skip_bad_files:
+            groups = files | "ListRowGroups" >> list_groups
+            return groups | "SpreadRowGroups" >> beam.Reshuffle() | "ReadRowGroups" >> read
+        groups, bad_files = files | "ListRowGroups" >> list_groups.with_exception_handling()
+        listings, bad_groups = (groups | "SpreadRowGroups" >> beam.Reshuffle()
+                                | "ReadRowGroups" >> read.with_exception_handling())
+        errors = (bad_files, bad_groups) | "Unreadable" >> beam.Flatten() | "ReadErrors" >> beam.Map(read_error)
+        return listings, errors
