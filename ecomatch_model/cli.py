@@ -1,5 +1,5 @@
-"""The ``ecomatch`` command: train, evaluate, calibrate, prune, model-info, make-sample
-(and scan, which lives in the pipelines package and is imported only when asked for)."""
+"""The ``ecomatch`` command: train, evaluate, calibrate, prune, model-info, make-sample,
+explain (and scan, which lives in the pipelines package and is imported only when asked for)."""
 from __future__ import annotations
 
 import argparse
@@ -183,6 +183,26 @@ def cmd_make_sample(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_explain(args: argparse.Namespace) -> int:
+    from .explain import attribute_lines, render_explanation
+    from .preprocess import ImageDecodeError
+    matcher = load(args.model, device=args.device)
+    with open(args.image, "rb") as f:
+        data = f.read()
+    try:
+        sheet, score = render_explanation(matcher, data, args.title)
+    except ImageDecodeError as exc:
+        print(f"ecomatch explain: error: {args.image}: {exc}", file=sys.stderr)
+        return 2
+    sheet.save(args.out)
+    print(f"match {score.match:.2f} (threshold {score.match_threshold:.2f}): "
+          f"{'flagged, worst ' + str(score.worst_kind) if score.flagged else 'ok'}")
+    for a in score.attributes:
+        print("  " + "; ".join(text for text, _ in attribute_lines(a, args.title)))
+    print(f"written to {args.out}")
+    return 0
+
+
 def cmd_scan(argv: list[str]) -> int:
     from pipelines.scan import main as scan_main  # Beam is only needed for scanning
     return scan_main(argv)
@@ -256,6 +276,14 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--shards", type=int, default=2)
     s.add_argument("--size", type=int, default=128)
     s.set_defaults(fn=cmd_make_sample)
+
+    s = sub.add_parser("explain", help="draw one listing's per-attribute attention heatmaps and scores")
+    s.add_argument("--model", default="default")
+    s.add_argument("--image", required=True, help="image file (JPEG, PNG, WebP, GIF)")
+    s.add_argument("--title", required=True)
+    s.add_argument("--out", required=True, help="picture to write (PNG, or any format Pillow writes)")
+    s.add_argument("--device", default=None)
+    s.set_defaults(fn=cmd_explain)
 
     sub.add_parser("scan", help="run the violation scan (Apache Beam); see `ecomatch scan --help`",
                    add_help=False)

@@ -1,0 +1,501 @@
+"""``PREFIX/report.html``: one self-contained page a trust-and-safety reviewer can open and
+act on, written by the launcher once ``summary.json`` is final.
+
+It is built from the scan's written outputs, never from the scan's memory:
+
+- ``summary.json``: counts, violations per kind, model, thresholds, time and throughput;
+- ``scores/*.parquet``, severity column only, streamed: the severity histogram;
+- ``violations/*.parquet``, streamed through a heap of the top N by severity: the cards;
+- the input shards: for each shard only ``listing_id`` is read per row group, and only the
+  row groups holding one of the N listings are read in full; those listings are decoded
+  and re-scored with the model (exactly as the scan did) for their image, attention maps
+  and title spans, and the layout of ``violations/`` stays as it is;
+- ``errors/*.parquet``, streamed until every error type has a few examples.
+
+Its size is bounded whatever the scan's size: N cards at most, at most
+:data:`MAX_HEATMAPS` + 1 re-encoded JPEG thumbnails of at most :data:`THUMB_PX` pixels per
+card, every piece of listing text cut to :data:`MAX_TEXT` characters, a few error examples
+per type. Safety: all listing text is HTML-escaped; images are decoded and re-encoded by
+Pillow, never passed through; a Content-Security-Policy allows no requests but ``data:``
+images, and only the page's own style and script (by hash).
+"""
+from __future__ import annotations
+
+import base64
+import hashlib
+import heapq
+import html
+import io
+import logging
+from dataclasses import dataclass
+from typing import Any, Iterator, Mapping, Sequence
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+from apache_beam.io.filesystem import CompressionTypes
+from apache_beam.io.filesystems import FileSystems
+from ecomatch_model.api import ListingScore, Matcher
+from ecomatch_model.explain import overlay_heatmap, pixels_image, word_offsets
+from PIL import Image
+
+from .decode import DecodedListing, ListingDecoder
+from .flag import MATCH
+from .listings import to_raw_listing
+from .reports import ERRORS, REPORT, SCORES, VIOLATIONS, read_summary
+from .score import ListingScorer, stack_batch
+
+log = logging.getLogger(__name__)
+
+DEFAULT_TOP = 200
+THUMB_PX = 128          # longer side of every picture in the page
+JPEG_QUALITY = 80
+MAX_HEATMAPS = 3        # per card: the worst failing attributes
+MAX_TEXT = 300          # characters of any one piece of listing text (title, id, message)
+MAX_REASONS = 8
+ERROR_EXAMPLES = 3
+MAX_ERROR_TYPES = 50
+HIST_BINS = 20
+
+STYLE = """
+body{font:14px/1.4 system-ui,sans-serif;margin:0;background:#f4f5f7;color:#1d1f23}
+header,section{max-width:1200px;margin:0 auto;padding:12px 20px}
+header{background:#1d2b3a;color:#fff;max-width:none}
+h1{font-size:20px;margin:4px 0}h2{font-size:17px;margin:16px 0 8px}
+.muted{color:#667}.mono{font-family:ui-monospace,monospace;font-size:12px}
+.stats{display:flex;flex-wrap:wrap;gap:10px}
+.stat{background:#fff;border-radius:6px;padding:8px 14px;min-width:90px;box-shadow:0 1px 2px #0002}
+.stat b{display:block;font-size:20px}
+.charts{display:flex;flex-wrap:wrap;gap:16px}
+.panel{background:#fff;border-radius:6px;padding:10px 14px;box-shadow:0 1px 2px #0002}
+table{border-collapse:collapse}td,th{padding:3px 8px;text-align:left;vertical-align:top;border-bottom:1px solid #e3e5e8}
+.controls{position:sticky;top:0;background:#f4f5f7;padding:8px 0;z-index:1}
+.cards{display:flex;flex-direction:column;gap:10px}
+.card{display:grid;grid-template-columns:auto 1fr;gap:14px;background:#fff;border-radius:6px;padding:12px;
+box-shadow:0 1px 2px #0002;border-left:6px solid #c62828}
+.card[hidden]{display:none}
+.pics{display:flex;gap:8px}
+figure{margin:0;text-align:center;font-size:11px;color:#556;max-width:128px}
+figure img{width:128px;height:128px;image-rendering:auto;border:1px solid #ccd;display:block}
+.title{font-size:16px;margin:0 0 4px;overflow-wrap:anywhere}
+mark{background:#ffd54f;padding:0 2px;border-radius:2px}
+.sev{font-weight:bold;color:#c62828}
+.attrs td{font-size:13px}.fail{color:#c62828;font-weight:bold}
+ul{margin:6px 0;padding-left:18px}
+"""
+
+SCRIPT = """
+(function () {
+  "use strict";
+  var list = document.getElementById("cards");
+  var kindSel = document.getElementById("kind");
+  var sortSel = document.getElementById("sort");
+  var shown = document.getElementById("shown");
+  var cards = Array.prototype.slice.call(list.querySelectorAll(".card"));
+  function params() {
+    var out = {};
+    location.hash.replace(/^#/, "").split("&").forEach(function (part) {
+      var i = part.indexOf("=");
+      if (i > 0) out[decodeURIComponent(part.slice(0, i))] = decodeURIComponent(part.slice(i + 1));
+    });
+    return out;
+  }
+  function hasOption(sel, value) {
+    return Array.prototype.some.call(sel.options, function (o) { return o.value === value; });
+  }
+  function apply() {
+    var kind = kindSel.value, asc = sortSel.value === "asc", n = 0;
+    cards.sort(function (a, b) {
+      var d = Number(a.dataset.severity) - Number(b.dataset.severity) ||
+              Number(b.dataset.rank) - Number(a.dataset.rank);
+      return asc ? d : -d;
+    });
+    cards.forEach(function (card) {
+      card.hidden = kind !== "" && card.dataset.kind !== kind;
+      if (!card.hidden) n += 1;
+      list.appendChild(card);
+    });
+    shown.textContent = n + " shown";
+    document.body.dataset.kind = kind;
+    document.body.dataset.sort = sortSel.value;
+  }
+  function fromHash() {
+    var p = params();
+    kindSel.value = hasOption(kindSel, p.kind) ? p.kind : "";
+    sortSel.value = p.sort === "asc" ? "asc" : "desc";
+    apply();
+  }
+  function toHash() {
+    location.hash = "kind=" + encodeURIComponent(kindSel.value) + "&sort=" + sortSel.value;
+  }
+  kindSel.addEventListener("change", toHash);
+  sortSel.addEventListener("change", toHash);
+  window.addEventListener("hashchange", fromHash);
+  window.addEventListener("load", function () {
+    Array.prototype.forEach.call(document.images, function (img) {
+      img.dataset.naturalWidth = String(img.naturalWidth);
+    });
+    document.body.dataset.imagesChecked = String(document.images.length);
+  });
+  fromHash();
+})();
+"""
+
+
+def _sha256_source(text: str) -> str:
+    return "'sha256-" + base64.b64encode(hashlib.sha256(text.encode("utf-8")).digest()).decode("ascii") + "'"
+
+
+CSP = (f"default-src 'none'; img-src data:; style-src {_sha256_source(STYLE)}; "
+       f"script-src {_sha256_source(SCRIPT)}; base-uri 'none'; form-action 'none'")
+
+
+# ---------------------------------------------------------------------------- reading the outputs
+def parquet_row_groups(path: str) -> Iterator[tuple[pq.ParquetFile, int]]:
+    """(open file, row group index) for each row group of a Parquet file (local or any Beam
+    filesystem), so callers read one row group at a time."""
+    with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
+        pf = pq.ParquetFile(f)
+        for g in range(pf.num_row_groups):
+            yield pf, g
+
+
+def read_rows(paths: Sequence[str], columns: Sequence[str]) -> Iterator[dict[str, Any]]:
+    """The rows of Parquet files, ``columns`` only, one row group in memory at a time."""
+    for path in paths:
+        for pf, g in parquet_row_groups(path):
+            yield from pf.read_row_group(g, columns=list(columns)).to_pylist()
+
+
+def top_violations(paths: Sequence[str], n: int) -> list[dict[str, Any]]:
+    """The ``n`` most severe rows of ``violations/`` shards, most severe first (ties by
+    listing_id). A first pass reads only the severity column and keeps the positions of the
+    ``n`` best; a second reads just the row groups holding them."""
+    best: list[tuple[float, int, int, int]] = []        # (severity, shard, row group, row)
+    for s, path in enumerate(paths):
+        for pf, g in parquet_row_groups(path):
+            severity = pf.read_row_group(g, columns=["severity"]).column(0).to_numpy(zero_copy_only=False)
+            keep = np.argsort(-severity, kind="stable")[:n]
+            best = heapq.nlargest(n, best + [(float(severity[i]), s, g, int(i)) for i in keep], key=lambda t: t[0])
+    wanted: dict[tuple[int, int], list[int]] = {}
+    for _, s, g, i in best:
+        wanted.setdefault((s, g), []).append(i)
+    rows: list[dict[str, Any]] = []
+    for s, path in enumerate(paths):
+        for pf, g in parquet_row_groups(path):
+            if (s, g) in wanted:
+                rows += pf.read_row_group(g).take(pa.array(wanted[(s, g)])).to_pylist()
+    return sorted(rows, key=lambda r: (-r["severity"], r["listing_id"] or ""))
+
+
+def severity_histogram(paths: Sequence[str], bins: int = HIST_BINS) -> list[int]:
+    """Counts of scored listings' severities in ``bins`` equal bins over [0, 1]."""
+    counts = np.zeros(bins, np.int64)
+    for path in paths:
+        for pf, g in parquet_row_groups(path):
+            values = pf.read_row_group(g, columns=["severity"]).column(0).to_numpy(zero_copy_only=False)
+            counts += np.histogram(values[np.isfinite(values)], bins=bins, range=(0.0, 1.0))[0]
+    return counts.tolist()
+
+
+def error_examples(paths: Sequence[str], counts: Mapping[str, int], k: int = ERROR_EXAMPLES) -> dict[str, list[dict]]:
+    """Up to ``k`` example rows of each error type in ``counts`` (type -> rows of that type),
+    streaming ``errors/`` shards only until every type has its examples."""
+    out: dict[str, list[dict]] = {t: [] for t in counts}
+    for row in read_rows(paths, ["listing_id", "source", "stage", "error_type", "message"]):
+        bucket = out.get(row["error_type"])
+        if bucket is not None and len(bucket) < k:
+            bucket.append(row)
+        if all(len(b) >= min(k, counts[t]) for t, b in out.items()):
+            break
+    return out
+
+
+@dataclass
+class Evidence:
+    """A top violation's listing as decoded and re-scored for its card."""
+
+    title: str
+    decoded: DecodedListing
+    score: ListingScore
+
+
+def rows_with_ids(path: str, pf: pq.ParquetFile, g: int, columns: Sequence[str], wanted: pa.Array
+                  ) -> list[dict[str, Any]]:
+    """The rows of row group ``g`` whose listing_id is in ``wanted``, ``columns`` only (those
+    the file has); the other columns are read only when there is one. A row group that
+    cannot be read has none: the scan reported it in ``errors/`` (``--skip-bad-files``)."""
+    try:
+        hit = pc.is_in(pf.read_row_group(g, columns=["listing_id"]).column(0).cast(pa.string()), value_set=wanted)
+        if not pc.any(hit).as_py():
+            return []
+        present = [c for c in columns if c in pf.schema_arrow.names]
+        return pf.read_row_group(g, columns=present).filter(hit).to_pylist()
+    except (pa.ArrowException, OSError) as exc:
+        log.warning("report: row group %d of %s cannot be read (%s); skipped", g + 1, path, type(exc).__name__)
+        return []
+
+
+def find_listings(files: Sequence[str], columns: Sequence[str], attribute_columns: Sequence[str],
+                  ids: set[str], decoder: ListingDecoder) -> dict[str, tuple[str, DecodedListing] | str]:
+    """The listings ``ids`` as (title, decoded listing) from the input shards (the first row
+    of each id), or why one could not be decoded; reading stops once every id is found."""
+    found: dict[str, tuple[str, DecodedListing] | str] = {}
+    wanted = pa.array(sorted(ids), pa.string())
+    for path in files:
+        for pf, g in parquet_row_groups(path):
+            if len(found) == len(ids):
+                return found
+            for row in rows_with_ids(path, pf, g, columns, wanted):
+                if row["listing_id"] in found:
+                    continue
+                raw = to_raw_listing((path, row), attribute_columns)
+                try:
+                    found[raw.listing_id] = (raw.title, decoder(raw))
+                except Exception as exc:  # the input changed since the scan, or a source went away
+                    # The type only: a message may quote an image_uri, credentials and all.
+                    found[raw.listing_id] = f"cannot decode the listing again: {type(exc).__name__}"
+    return found
+
+
+def explain_listings(found: Mapping[str, tuple[str, DecodedListing] | str], matcher: Matcher
+                     ) -> dict[str, Evidence | str]:
+    """Re-score decoded listings in batches, as the scan's ``ListingScorer`` does."""
+    decoded = [(lid, v) for lid, v in found.items() if not isinstance(v, str)]
+    out: dict[str, Evidence | str] = {lid: v for lid, v in found.items() if isinstance(v, str)}
+    scorer = ListingScorer(matcher)
+    for s in range(0, len(decoded), matcher.batch_size):
+        chunk = decoded[s:s + matcher.batch_size]
+        scores = scorer.score(stack_batch([d for _, (_, d) in chunk], len(chunk)))
+        out.update({lid: Evidence(title, d, score) for (lid, (title, d)), score in zip(chunk, scores)})
+    return out
+
+
+# ---------------------------------------------------------------------------- HTML pieces
+def esc(value: Any, limit: int = MAX_TEXT) -> str:
+    """Any value as HTML-escaped text (quotes included), cut to ``limit`` characters."""
+    text = "" if value is None else str(value)
+    return html.escape(text[:limit] + ("\u2026" if len(text) > limit else ""), quote=True)
+
+
+def data_uri(image: Image.Image) -> str:
+    """A picture re-encoded as a small JPEG ``data:`` URI (at most THUMB_PX on a side)."""
+    thumb = image.convert("RGB")
+    thumb.thumbnail((THUMB_PX, THUMB_PX), Image.LANCZOS)
+    buf = io.BytesIO()
+    thumb.save(buf, "JPEG", quality=JPEG_QUALITY)
+    return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def title_html(title: str, spans: Sequence[tuple[int, int]], limit: int = MAX_TEXT) -> str:
+    """The title as written, escaped and cut to ``limit`` characters, with the words of
+    each token span (over ``ecomatch_model.text.words(title)``) in ``<mark>``."""
+    shown, pos, parts = title[:limit], 0, []
+    offsets = word_offsets(shown)           # token k of the shown part is token k of the title
+    marks = sorted({(offsets[s][0], offsets[e - 1][1]) for s, e in spans if 0 <= s < e <= len(offsets)})
+    for a, b in marks:
+        if a < pos:                         # overlapping spans: the first one wins
+            continue
+        parts += [html.escape(shown[pos:a]), "<mark>", html.escape(shown[a:b]), "</mark>"]
+        pos = b
+    parts.append(html.escape(shown[pos:]))
+    return "".join(parts) + ("\u2026" if len(title) > limit else "")
+
+
+def meter_svg(score: float, threshold: float, low: float = 0.0, high: float = 1.0, width: int = 110) -> str:
+    """A score bar on [low, high] with a tick at the threshold, red when below it."""
+    def x(v: float) -> float:
+        return round(width * min(max((v - low) / (high - low), 0.0), 1.0), 1)
+
+    colour = "#c62828" if score < threshold else "#2e7d32"
+    return (f'<svg width="{width}" height="10" role="img" aria-label="score {score:.2f}, threshold {threshold:.2f}">'
+            f'<rect width="{width}" height="10" fill="#e3e5e8"/><rect width="{x(score)}" height="10" fill="{colour}"/>'
+            f'<rect x="{max(x(threshold) - 1, 0)}" width="2" height="10" fill="#111"/></svg>')
+
+
+def bar_chart_svg(counts: Mapping[str, int], width: int = 420) -> str:
+    """Horizontal bars, one per key, labelled with the key and the count."""
+    top, label_w, row_h = max([*counts.values(), 1]), 110, 22
+    bar_w = width - label_w - 50
+    parts = [f'<svg width="{width}" height="{row_h * len(counts) + 4}" role="img" aria-label="violations per kind">']
+    for i, (key, n) in enumerate(counts.items()):
+        y, w = i * row_h + 2, round(bar_w * n / top, 1)
+        parts.append(f'<text x="0" y="{y + 15}" font-size="13">{esc(key)}</text>'
+                     f'<rect x="{label_w}" y="{y + 3}" width="{w}" height="14" fill="#c62828">'
+                     f'<title>{esc(key)}: {n}</title></rect>'
+                     f'<text x="{label_w + w + 6}" y="{y + 15}" font-size="13">{n}</text>')
+    return "".join(parts) + "</svg>"
+
+
+def histogram_svg(bins: Sequence[int], width: int = 420, height: int = 150) -> str:
+    """Equal bins over [0, 1] as vertical bars on a square-root scale (so that a few
+    violations show beside many ok listings); bins at or above 0.5 (violations) in red, a
+    line at 0.5, the count of each bin in its tooltip."""
+    k, top, plot_h = len(bins), max([*bins, 1]), height - 22
+    bw = width / max(k, 1)
+    parts = [f'<svg width="{width}" height="{height}" role="img" aria-label="severity histogram">']
+    for i, n in enumerate(bins):
+        h = round(plot_h * (n / top) ** 0.5, 1)
+        colour = "#c62828" if i / k >= 0.5 else "#78909c"
+        parts.append(f'<rect x="{i * bw + 1:.1f}" y="{plot_h - h}" width="{bw - 2:.1f}" height="{h}" fill="{colour}">'
+                     f'<title>severity {i / k:.2f}-{(i + 1) / k:.2f}: {n}</title></rect>')
+    parts.append(f'<line x1="{width / 2}" y1="0" x2="{width / 2}" y2="{plot_h}" stroke="#111" stroke-dasharray="3"/>'
+                 f'<text x="0" y="{height - 6}" font-size="12">0 (ok)</text>'
+                 f'<text x="{width / 2 - 40}" y="{height - 6}" font-size="12">0.5 threshold</text>'
+                 f'<text x="{width - 60}" y="{height - 6}" font-size="12">1 (worst)</text>')
+    return "".join(parts) + "</svg>"
+
+
+def _attribute_index(score: ListingScore, kind: str, value: str) -> int | None:
+    return next((j for j, a in enumerate(score.attributes) if (a.kind, a.value) == (kind, value)), None)
+
+
+def _score_note(score: float | None) -> str:
+    return "" if score is None else f" ({score:.2f})"
+
+
+def card_html(rank: int, row: Mapping[str, Any], evidence: Evidence | str | None,
+              thresholds: Mapping[str, float]) -> str:
+    """One violation's card: photo and heatmaps of its worst failing attributes, the title
+    with their words marked, each failing attribute's score against its threshold and the
+    model's suggested value, the global match and the reasons."""
+    kind = row["worst_kind"] or MATCH
+    findings = row["attributes"] or []
+    pics: list[tuple[str, str]] = []
+    spans: list[tuple[int, int]] = []
+    origins: dict[tuple[str, str], str] = {}
+    if isinstance(evidence, Evidence):
+        view = pixels_image(evidence.decoded.pixels)
+        pics.append((data_uri(view), "photo as the model saw it"))
+        for f in findings:
+            j = _attribute_index(evidence.score, f["kind"], f["value"])
+            if j is None:
+                continue
+            a, origin = evidence.score.attributes[j], evidence.decoded.origins[j]
+            origins[(f["kind"], f["value"])] = origin
+            spans += [a.span] if origin == "title" else []
+            if len(pics) <= MAX_HEATMAPS:
+                pics.append((data_uri(overlay_heatmap(view, a.attention)), f"where it looked for {f['kind']} "
+                                                                           f"\u201c{f['value']}\u201d"))
+        title = f'<h3 class="title">{title_html(evidence.title, spans)}</h3>'
+        source = f'<div class="muted mono">{esc(evidence.decoded.source)}</div>'
+    else:
+        title = f'<h3 class="title muted">{esc(evidence or "listing not found in the input shards")}</h3>'
+        source = ""
+    figures = "".join(f'<figure><img src="{uri}" alt="{esc(caption)}" width="{THUMB_PX}" height="{THUMB_PX}">'
+                      f'<figcaption>{esc(caption)}</figcaption></figure>' for uri, caption in pics)
+    attr_rows = "".join(
+        f'<tr><td>{esc(f["kind"])}</td><td>{esc(f["value"])} <span class="muted">'
+        f'({esc(origins.get((f["kind"], f["value"]), "title or column"))})</span></td>'
+        f'<td>{meter_svg(f["score"], f["threshold"])} <span class="fail">{f["score"]:.3f}</span> &lt; '
+        f'{f["threshold"]:.3f}</td><td>{esc(f["suggested_value"] or "-")}'
+        f'{_score_note(f["suggested_score"])}</td></tr>' for f in findings)
+    match_t = float(thresholds.get(MATCH, 0.0))
+    match = row["match_score"]
+    attr_rows += (f'<tr><td>match</td><td class="muted">image vs whole title</td><td>'
+                  f'{meter_svg(match, match_t, -1.0, 1.0)} <span class="{"fail" if match < match_t else ""}">'
+                  f'{match:.3f}</span> {"&lt;" if match < match_t else "&ge;"} {match_t:.3f}</td><td></td></tr>')
+    reasons = "".join(f"<li>{esc(r)}</li>" for r in (row["reasons"] or [])[:MAX_REASONS])
+    return (f'<article class="card" id="v{rank}" data-rank="{rank}" data-kind="{esc(kind)}" '
+            f'data-severity="{row["severity"]!r}"><div class="pics">{figures}</div><div>{title}'
+            f'<div><span class="sev">severity {row["severity"]:.3f}</span> &middot; worst: <b>{esc(kind)}</b> '
+            f'&middot; #{rank} &middot; <span class="mono">{esc(row["listing_id"])}</span></div>{source}'
+            f'<table class="attrs"><tr><th>kind</th><th>listing says</th><th>score vs threshold</th>'
+            f'<th>model suggests</th></tr>{attr_rows}</table><ul>{reasons}</ul></div></article>')
+
+
+def summary_html(summary: Mapping[str, Any], histogram: Sequence[int]) -> str:
+    """Counts, violations per kind, the severity histogram, model, thresholds, time."""
+    c = summary["counts"]
+    stats = [("read", "read", c["read"]), ("scored", "scored", c["scored"]), ("ok", "ok", c["ok"]),
+             ("violations", "violations", c["violations"]), ("errors", "errors", c["errors"]),
+             ("seconds", "seconds", f'{summary["seconds"]:.1f}'),
+             ("throughput", "listings / s", f'{summary["listings_per_second"]:.1f}')]
+    thresholds = "".join(f"<tr><td>{esc(k)}</td><td>{float(v):.4f}</td></tr>"
+                         for k, v in summary["thresholds"].items())
+    model = summary["model"]
+    return (f'<section id="summary"><h2>Summary</h2><div class="stats">'
+            + "".join(f'<div class="stat" id="count-{key}"><b>{esc(v)}</b>{label}</div>' for key, label, v in stats)
+            + '</div><div class="charts"><div class="panel"><h2>Violations per kind</h2>'
+            + bar_chart_svg(c["violations_per_kind"])
+            + '</div><div class="panel"><h2>Severity of every scored listing</h2>'
+            '<div class="muted">listings per bin, square-root scale</div>' + histogram_svg(histogram)
+            + f'</div><div class="panel"><h2>Model and thresholds</h2><div>model <b>{esc(model["name"])}</b></div>'
+            f'<div class="mono">sha256 {esc(model["sha256"])}</div><table>{thresholds}</table></div>'
+            f'<div class="panel"><h2>Run</h2><table>'
+            f'<tr><td>input</td><td class="mono">{esc(summary["input"]["pattern"])} '
+            f'({summary["input"]["files"]} files)</td></tr>'
+            f'<tr><td>output</td><td class="mono">{esc(summary["output"])}</td></tr>'
+            f'<tr><td>runner</td><td>{esc(summary["runner"])}</td></tr>'
+            f'<tr><td>started</td><td>{esc(summary["started_at"])}</td></tr>'
+            f'<tr><td>finished</td><td>{esc(summary["finished_at"])}</td></tr></table></div></div></section>')
+
+
+def errors_html(per_type: Mapping[str, int], examples: Mapping[str, Sequence[Mapping[str, Any]]]) -> str:
+    """Error types by count, each with a few example listings and messages."""
+    if not per_type:
+        return '<section id="errors"><h2>Errors</h2><p>No errors: every listing read was scored.</p></section>'
+    ranked = sorted(per_type.items(), key=lambda kv: (-kv[1], kv[0]))
+    rows = "".join(
+        f'<tr class="error-type"><td><b>{esc(t)}</b></td><td>{n}</td><td><ul>'
+        + "".join(f'<li><span class="mono">{esc(e["listing_id"])}</span> ({esc(e["stage"])}, '
+                  f'<span class="mono">{esc(e["source"])}</span>): {esc(e["message"])}</li>'
+                  for e in examples.get(t, []))
+        + "</ul></td></tr>" for t, n in ranked[:MAX_ERROR_TYPES])
+    more = (f"<p>{len(ranked) - MAX_ERROR_TYPES} more error types in errors/.</p>"
+            if len(ranked) > MAX_ERROR_TYPES else "")
+    return (f'<section id="errors"><h2>Errors</h2><table><tr><th>error type</th><th>listings</th>'
+            f'<th>examples</th></tr>{rows}</table>{more}</section>')
+
+
+def render_report(summary: Mapping[str, Any], histogram: Sequence[int], rows: Sequence[Mapping[str, Any]],
+                  evidence: Mapping[str, Evidence | str], examples: Mapping[str, Sequence[Mapping[str, Any]]],
+                  top_n: int) -> str:
+    """The whole page."""
+    c = summary["counts"]
+    in_report: dict[str, int] = {}
+    for r in rows:
+        in_report[r["worst_kind"] or MATCH] = in_report.get(r["worst_kind"] or MATCH, 0) + 1
+    options = "".join(f'<option value="{esc(k)}">{esc(k)} ({in_report.get(k, 0)} of {n})</option>'
+                      for k, n in c["violations_per_kind"].items() if n or in_report.get(k))
+    cards = "".join(card_html(i + 1, r, evidence.get(r["listing_id"]), summary["thresholds"])
+                    for i, r in enumerate(rows))
+    return (f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">'
+            f'<meta http-equiv="Content-Security-Policy" content="{CSP}">'
+            f'<meta name="referrer" content="no-referrer">'
+            f'<meta name="viewport" content="width=device-width, initial-scale=1">'
+            f'<title>ecomatch report: {c["violations"]} violations</title><style>{STYLE}</style></head><body>'
+            f'<header><h1>ecomatch violation report</h1><div>{esc(summary["input"]["pattern"])} &middot; '
+            f'finished {esc(summary["finished_at"])}</div></header>'
+            + summary_html(summary, histogram)
+            + f'<section id="violations"><h2>Violations: the {len(rows)} most severe of {c["violations"]}</h2>'
+            f'<p class="muted">At most {top_n} per report (<span class="mono">--report-top</span>); all of them '
+            f'are in <span class="mono">violations/</span>. Heatmaps show where the model looked for each '
+            f'failing attribute on the image it saw (red = most attention).</p>'
+            f'<div class="controls"><label>kind <select id="kind"><option value="">all kinds ({len(rows)})</option>'
+            f'{options}</select></label> <label>order <select id="sort">'
+            f'<option value="desc">most severe first</option><option value="asc">least severe first</option>'
+            f'</select></label> <span id="shown" class="muted">{len(rows)} shown</span></div>'
+            f'<div class="cards" id="cards">{cards}</div></section>'
+            + errors_html(c["errors_per_type"], examples)
+            + f"<script>{SCRIPT}</script></body></html>\n")
+
+
+def write_report(prefix: str, matcher: Matcher, decoder: ListingDecoder, files: Sequence[str],
+                 columns: Sequence[str], top_n: int = DEFAULT_TOP) -> str:
+    """Write ``report.html`` under ``prefix`` from the scan's outputs there (``summary.json``
+    must be final) and the input ``files`` (read ``columns``); returns its path. ``matcher``
+    and ``decoder`` must be the scan's model, thresholds and attribute columns."""
+    summary = read_summary(prefix)
+    shards = {name: [FileSystems.join(prefix, p) for p in summary["files"][name]]
+              for name in (SCORES, VIOLATIONS, ERRORS)}
+    rows = top_violations(shards[VIOLATIONS], top_n)
+    found = find_listings(files, columns, list(decoder.attribute_columns), {r["listing_id"] for r in rows}, decoder)
+    page = render_report(summary, severity_histogram(shards[SCORES]), rows, explain_listings(found, matcher),
+                         error_examples(shards[ERRORS], summary["counts"]["errors_per_type"]), top_n)
+    path = FileSystems.join(prefix, REPORT)
+    with FileSystems.create(path, mime_type="text/html") as f:
+        f.write(page.encode("utf-8"))
+    log.info("wrote %s (%d violation cards, %d bytes)", path, len(rows), len(page.encode("utf-8")))
+    return path
