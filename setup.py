@@ -25,7 +25,10 @@ setup(
         "safetensors>=0.4",
     ],
     extras_require={
-        "dev": ["pytest>=8", "hypothesis>=6", "gcp-storage-emulator>=2024.8"],
+        # DataflowRunner's API client, pinned as apache-beam[gcp] pins it: tests/test_infra_job.py
+        # builds a Dataflow job description offline.
+        "dev": ["pytest>=8", "hypothesis>=6", "gcp-storage-emulator>=2024.8",
+                "google-cloud-dataflow-client>=0.13.0,<0.14.0"],
         "gcp": [BEAM.replace("==", "[gcp]==")],
     },
     entry_points={"console_scripts": ["ecomatch=ecomatch_model.cli:main"]},

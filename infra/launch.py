@@ -1,0 +1,64 @@
+"""The flex template's entry point: build the scan for Dataflow GPU workers.
+
+Dataflow's template launcher runs this file (``FLEX_TEMPLATE_PYTHON_PY_FILE`` in
+``infra/Dockerfile``) inside the worker image, with the template's parameters
+(``--input=... --output=...``, see ``infra/metadata.json``) and Beam's options (``--runner``,
+``--project``, ``--region``, ``--template_location``, ...). It puts :data:`GPU_OPTIONS` (the one
+place the worker shape is set) and the image's own name as ``--sdk_container_image`` in front,
+expands ``{date}`` and ``{yesterday}`` in every argument (:func:`infra.nightly.expand_dates`),
+and hands the rest to ``pipelines.scan.run``, which writes the job description and returns; the
+Dataflow service then starts the job. Options given at launch come later and so win
+(``--max_num_workers=32``); ``--dataflow_service_options`` adds to the list.
+
+The same works by hand from a checkout whose Python and Beam match the image:
+``ECOMATCH_IMAGE=IMAGE python -m infra.launch --input ... --output ... --runner DataflowRunner
+--project ... --region ... --temp_location gs://...``.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import os
+import sys
+from typing import Sequence
+
+from apache_beam.runners.runner import PipelineResult
+
+from infra.nightly import expand_dates, utc_today
+from pipelines.scan import run
+
+IMAGE_ENV = "ECOMATCH_IMAGE"        # set in the image at build time to the image's own name
+
+GPU_OPTIONS = {
+    "dataflow_service_options": "worker_accelerator=type:nvidia-l4;count:1;install-nvidia-driver",
+    "machine_type": "g2-standard-4",        # 4 vCPUs, 16 GB; L4 GPUs come only on G2 machines
+    # Dataflow starts one SDK process per vCPU, each decoding images; the model is one copy per VM,
+    # shared by all of them (transforms/score.py). A second thread per process decodes the next
+    # batch while the first waits for the GPU.
+    "number_of_worker_harness_threads": "2",
+    "max_num_workers": "8",
+    "disk_size_gb": "50",                   # room for the CUDA + torch image
+    "sdk_location": "container",            # Beam is in the image: stage no SDK
+}
+
+
+def launch_argv(argv: Sequence[str], image: str, day: dt.date) -> list[str]:
+    """The scan's arguments: the GPU worker options and ``image``, then ``argv`` with its dates expanded."""
+    defaults = [f"--{name}={value}" for name, value in GPU_OPTIONS.items()]
+    return [*defaults, f"--sdk_container_image={image}", *(expand_dates(a, day) for a in argv)]
+
+
+def main(argv: Sequence[str] | None = None, day: dt.date | None = None) -> PipelineResult:
+    """Build (and, without ``--template_location``, run) the scan on Dataflow GPU workers."""
+    image = os.environ.get(IMAGE_ENV, "")
+    if not image:
+        raise SystemExit(f"infra.launch: {IMAGE_ENV} is not set: the worker image is unknown "
+                         "(it is set in images built by infra/build.sh)")
+    args = launch_argv(sys.argv[1:] if argv is None else argv, image, day or utc_today())
+    # The workers import the project from the image: no main session to pickle.
+    return run(args, save_main_session=False)
+
+
+if __name__ == "__main__":
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True)
+    main()

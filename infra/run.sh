@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# Launch one scan from the flex template. OUTPUT defaults to REPORTS/{date} (today, UTC); with
+# STATE (an earlier run's prefix, e.g. REPORTS/{yesterday}) listings unchanged since keep its
+# verdicts. More gcloud flags pass through, e.g. --max-workers 16.
+# Usage: PROJECT=... [INPUT=... OUTPUT=... MODEL=... STATE=...] infra/run.sh [gcloud flags...]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+source infra/common.sh
+OUTPUT="${OUTPUT:-${REPORTS}/{date}}"
+# ^~^ makes "~" the separator between parameters, so that values may hold commas.
+gcloud dataflow flex-template run "ecomatch-$(date -u +%Y%m%d-%H%M%S)" \
+    --project "$PROJECT" --region "$REGION" --template-file-gcs-location "$TEMPLATE" \
+    --service-account-email "$WORKER_SA" \
+    --staging-location "gs://${BUCKET}/staging" --temp-location "gs://${BUCKET}/tmp" \
+    --parameters "^~^input=${INPUT}~output=${OUTPUT}~model=${MODEL}${STATE:+~state=${STATE}}" "$@"

@@ -1,0 +1,138 @@
+"""The flex template's metadata (infra/metadata.json) against the scan, and the scripts and
+request bodies that use it: parameter names are the scan's arguments, the validation regexes
+accept good values and reject bad ones, the nightly launch body passes them, and every
+placeholder the deploy script fills in is one it exports."""
+from __future__ import annotations
+
+import datetime as dt
+import json
+import re
+import string
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from infra.nightly import expand_dates
+from pipelines.scan import build_parser
+
+ROOT = Path(__file__).resolve().parent.parent
+INFRA = ROOT / "infra"
+METADATA = json.loads((INFRA / "metadata.json").read_text())
+PARAMS = {p["name"]: p for p in METADATA["parameters"]}
+DAY = dt.date(2026, 11, 26)
+
+GOOD = {
+    "input": ["gs://catalogue/listings/*.parquet", "gs://my-shop.example_1/export/{date}/part-0001.parquet",
+              "gs://abc/x"],
+    "output": ["gs://reports/scan/{date}", "gs://reports/scan/2026-11-26/", "gs://a-b/c"],
+    "model": ["gs://models/ecomatch/base-v2", "gs://models/ecomatch/base-v2/"],
+    "thresholds": ["gs://models/ecomatch/thresholds.json", "gs://cfg/{date}/t.json"],
+    "state": ["gs://reports/scan/{yesterday}", "gs://reports/scan/2026-11-25"],
+}
+BAD = {
+    "input": ["", "listings/*.parquet", "/data/listings.parquet", "gs://", "gs://ab/x", "gs://Catalogue/x",
+              "gs://bucket", "gs://bucket/", "s3://bucket/listings.parquet", "gs://bucket/a b.parquet"],
+    "output": ["", "gs://reports", "gs://reports/", "gs://reports/scan/*", "gs://reports/scan[1]",
+               "/tmp/reports", "gs://reports/scan out", "gs://-reports/scan"],
+    "model": ["", "tiny", "Default", "/models/base", "default ", "gs://models", "gs://models/*"],
+    "thresholds": ["", "thresholds.json", "gs://cfg/thresholds.yaml", "gs://cfg/.json.bak", "gs://cfg"],
+    "state": ["", "gs://reports", "gs://reports/scan/*", "/tmp/reports/2026-11-25", "gs://reports/a b"],
+}
+
+
+def accepts(name: str, value: str) -> bool:
+    return all(re.fullmatch(r, value) for r in PARAMS[name]["regexes"])
+
+
+def scan_options() -> dict[str, object]:
+    """The scan's own arguments by option string (``--input``), as argparse actions."""
+    return {s: a for a in build_parser()._actions for s in a.option_strings}
+
+
+def test_parameters_are_scan_arguments():
+    options = scan_options()
+    for name, param in PARAMS.items():
+        action = options.get(f"--{name}")
+        assert action is not None, f"template parameter {name!r} is not an argument of the scan"
+        assert action.dest == name and param.get("isOptional", False) == (not action.required), name
+        assert param["label"] and param["helpText"] and param["regexes"], name
+    required = {s[2:] for s, a in options.items() if a.required}
+    assert required <= set(PARAMS), f"required scan arguments missing from the template: {required - set(PARAMS)}"
+
+
+@pytest.mark.parametrize("name", sorted(GOOD))
+def test_regexes_accept_good_values(name: str):
+    assert all(r.startswith("^") and r.endswith("$") for r in PARAMS[name]["regexes"])
+    assert [v for v in GOOD[name] if not accepts(name, v)] == []
+
+
+@pytest.mark.parametrize("name", sorted(BAD))
+def test_regexes_reject_bad_values(name: str):
+    assert [v for v in BAD[name] if accepts(name, v)] == []
+
+
+def test_model_regex_accepts_every_bundled_model():
+    bundled = sorted(p.name for p in (ROOT / "ecomatch_model" / "models").iterdir() if (p / "config.json").is_file())
+    assert bundled and [m for m in bundled if not accepts("model", m)] == []
+
+
+def render(path: Path, env: dict[str, str]) -> str:
+    return string.Template(path.read_text()).substitute(env)
+
+
+def deploy_env() -> dict[str, str]:
+    """Values for the names infra/schedule.sh exports, as infra/common.sh would set them."""
+    return {"PROJECT": "shop-prod", "BUCKET": "shop-prod-ecomatch",
+            "INPUT": "gs://shop-prod-catalogue/listings/*.parquet",
+            "REPORTS": "gs://shop-prod-ecomatch-reports/scan", "MODEL": "base",
+            "TEMPLATE": "gs://shop-prod-ecomatch/templates/scan.json",
+            "WORKER_SA": "ecomatch-worker@shop-prod.iam.gserviceaccount.com",
+            "NOTIFY": "projects/shop-prod/notificationChannels/123"}
+
+
+def test_schedule_exports_every_placeholder():
+    [exported] = re.findall(r"^export (.+)$", (INFRA / "schedule.sh").read_text(), re.M)
+    assert set(exported.split()) == set(deploy_env())
+    for body in ("nightly_launch.json", "alert_policy.json"):
+        names = {m.group("named") or m.group("braced")
+                 for m in string.Template.pattern.finditer((INFRA / body).read_text()) if not m.group("escaped")}
+        assert names <= set(exported.split()), f"{body}: {names - set(exported.split())} not exported"
+
+
+def test_nightly_launch_body_passes_valid_parameters():
+    body = json.loads(render(INFRA / "nightly_launch.json", deploy_env()))["launchParameter"]
+    assert re.fullmatch(r"[a-z]([-a-z0-9]{0,61}[a-z0-9])?", body["jobName"])
+    assert re.fullmatch(r"gs://[^/]+/.+\.json", body["containerSpecGcsPath"])
+    params = body["parameters"]
+    assert {n for n, p in PARAMS.items() if not p.get("isOptional")} <= set(params) <= set(PARAMS)
+    assert [n for n, v in params.items() if not accepts(n, expand_dates(v, DAY))] == []
+    assert expand_dates(params["output"], DAY).endswith("/2026-11-26"), "each night needs its own prefix"
+    assert expand_dates(params["state"], DAY) == expand_dates(params["output"], DAY - dt.timedelta(days=1)), (
+        "each night carries the night before forward")
+    assert body["environment"]["serviceAccountEmail"] == deploy_env()["WORKER_SA"]
+
+
+def test_alert_policy_watches_job_and_check():
+    policy = json.loads(render(INFRA / "alert_policy.json", deploy_env()))
+    filters = [c["conditionThreshold"]["filter"] for c in policy["conditions"]]
+    assert policy["combiner"] == "OR" and len(filters) == 2
+    assert any('job_name = starts_with("ecomatch-nightly")' in f and "job/is_failed" in f for f in filters)
+    assert any('job_name = "ecomatch-check"' in f and 'result = "failed"' in f for f in filters)
+    launch = json.loads((INFRA / "nightly_launch.json").read_text())["launchParameter"]
+    assert launch["jobName"].startswith("ecomatch-nightly")
+    assert policy["notificationChannels"] == [deploy_env()["NOTIFY"]]
+
+
+def test_run_script_parameters_are_template_parameters():
+    [spec] = re.findall(r'--parameters "\^~\^([^"]+)"', (INFRA / "run.sh").read_text())
+    names = {kv.split("=", 1)[0] for kv in spec.split("~")}
+    assert {"input", "output"} <= names <= set(PARAMS)
+
+
+def test_scripts_parse():
+    scripts = sorted(INFRA.glob("*.sh"))
+    assert len(scripts) >= 4
+    for script in scripts:
+        check = subprocess.run(["bash", "-n", str(script)], capture_output=True, text=True)
+        assert check.returncode == 0, f"{script.name}: {check.stderr}"

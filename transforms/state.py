@@ -1,0 +1,128 @@
+"""Incremental scans: the ``CarryForward`` stage, between ``ReadListings`` and ``DecodeListings``.
+
+``ecomatch scan --state PREFIX`` names an earlier run's output prefix. Every listing read is
+hashed before it is decoded (its ``content_hash``, ``transforms/decode.py``: model weights,
+title, structured attributes, image bytes) and joined by listing id with that run's
+``scores/`` and ``violations/`` in a ``CoGroupByKey``, so the earlier run is never held in
+one process:
+
+- same id, same hash: the earlier verdict is carried forward (``Verdict.carried``), neither
+  decoded nor scored;
+- a new id, or a changed hash, or a listing that cannot be hashed: decoded and scored as
+  usual (decoding reports the unusable ones);
+- an id of the earlier run that is not read any more: one ``removed/`` row.
+
+The hash covers the model's weights, so a new model version rescans everything. The launcher
+(:func:`previous_run`) uses a state only when its run is complete (``summary.json``) and had
+the same model and thresholds; otherwise it says why and the scan is a full one.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Iterable, Iterator, Mapping
+
+import apache_beam as beam
+from apache_beam.io.filesystems import FileSystems
+from apache_beam.io.parquetio import ReadAllFromParquet
+from apache_beam.metrics import Metrics
+from apache_beam.pvalue import TaggedOutput
+
+from .decode import ListingDecoder, image_bytes
+from .flag import Finding, Verdict
+from .listings import RawListing
+from .progress import NAMESPACE
+from .reports import SCORES, SCORES_SCHEMA, VIOLATIONS, VIOLATIONS_SCHEMA, read_summary
+
+CARRIED, REMOVED = "carried", "removed"
+
+
+@dataclass(frozen=True)
+class PreviousRun:
+    """A complete earlier run whose verdicts can be carried forward: its prefix and shards."""
+
+    prefix: str
+    scores: list[str]
+    violations: list[str]
+
+
+def previous_run(prefix: str, model_sha256: str, thresholds: Mapping[str, float]) -> tuple[PreviousRun | None, str]:
+    """The run under ``prefix`` when this scan (model ``model_sha256``, ``thresholds``) can carry
+    its verdicts forward, else None and the reason."""
+    try:
+        summary = read_summary(prefix)
+        sha, then = summary["model"]["sha256"], summary["thresholds"]
+        shards = {name: [FileSystems.join(prefix, p) for p in summary["files"][name]] for name in (SCORES, VIOLATIONS)}
+    except (OSError, ValueError, KeyError, TypeError):
+        return None, "it holds no complete run (no readable summary.json)"
+    if sha != model_sha256:
+        return None, f"it was scanned with another model (sha256 {sha[:12]})"
+    if then != dict(thresholds):
+        return None, "it was scanned with other thresholds"
+    return PreviousRun(prefix, shards[SCORES], shards[VIOLATIONS]), ""
+
+
+def keyed_hash(raw: RawListing, decoder: ListingDecoder) -> tuple[str, tuple[str | None, RawListing]]:
+    """``(listing_id, (content_hash, raw))``; the hash is None when the listing cannot be hashed
+    (no id or title, image unreadable or too large), and decoding then reports why."""
+    if not raw.listing_id or raw.title is None:
+        return raw.listing_id or "", (None, raw)
+    try:
+        data = image_bytes(raw, decoder.limits.max_image_bytes)
+    except Exception:  # noqa: BLE001 (any failure is decoding's to report, as an error record)
+        return raw.listing_id, (None, raw)
+    return raw.listing_id, (decoder.listing_hash(raw, data), raw)
+
+
+def carried_verdict(score: Mapping[str, Any], violations: Iterable[Mapping[str, Any]]) -> Verdict | None:
+    """The earlier verdict from its ``scores/`` row and, for a violation, its ``violations/`` row
+    (None when that row is missing: the listing is then scored again)."""
+    key = (score["severity"], score["match_score"], score["worst_kind"])
+    if score["verdict"] == "ok":
+        return Verdict(score["listing_id"], "ok", *key, score["content_hash"], carried=True)
+    row = next((v for v in violations if (v["severity"], v["match_score"], v["worst_kind"]) == key), None)
+    if row is None:
+        return None
+    return Verdict(score["listing_id"], "violation", *key, score["content_hash"], tuple(row["reasons"]),
+                   tuple(Finding(**a) for a in row["attributes"]), carried=True)
+
+
+def split_by_state(joined: tuple[str, Mapping[str, list]]) -> Iterator[RawListing | TaggedOutput]:
+    """One listing id's rows now and in the earlier run -> listings to decode (main output),
+    carried verdicts (``carried``) and a removed row (``removed``)."""
+    listing_id, rows = joined
+    now, scores, violations = list(rows["now"]), list(rows[SCORES]), list(rows[VIOLATIONS])
+    by_hash = {s["content_hash"]: s for s in scores}
+    for content_hash, raw in now:
+        score = by_hash.get(content_hash) if content_hash else None
+        verdict = carried_verdict(score, violations) if score else None
+        if verdict is None:
+            yield raw
+        else:
+            Metrics.counter(NAMESPACE, "carried").inc()
+            yield TaggedOutput(CARRIED, verdict)
+    if not now and scores:
+        yield TaggedOutput(REMOVED, {"listing_id": listing_id, "verdict": scores[0]["verdict"],
+                                     "content_hash": scores[0]["content_hash"]})
+
+
+class CarryForward(beam.PTransform):
+    """RawListing -> (RawListing to decode, carried :class:`Verdict`, removed row) PCollections
+    against :class:`PreviousRun`; each listing read leaves in exactly one of the first two."""
+
+    def __init__(self, previous: PreviousRun, decoder: ListingDecoder):
+        super().__init__()
+        self._previous, self._decoder = previous, decoder
+
+    def expand(self, listings: beam.PCollection[RawListing]
+               ) -> tuple[beam.PCollection[RawListing], beam.PCollection[Verdict], beam.PCollection[dict]]:
+        now = listings | "HashListings" >> beam.Map(keyed_hash, self._decoder)
+        earlier = {name: (listings.pipeline
+                          | f"Previous{name.title()}Files" >> beam.Create(files)
+                          | f"ReadPrevious{name.title()}" >> ReadAllFromParquet(columns=schema.names)
+                          | f"Key{name.title()}" >> beam.Map(lambda row: (row["listing_id"], row)))
+                   for name, files, schema in ((SCORES, self._previous.scores, SCORES_SCHEMA),
+                                               (VIOLATIONS, self._previous.violations, VIOLATIONS_SCHEMA))}
+        split = ({"now": now, **earlier}
+                 | "JoinState" >> beam.CoGroupByKey()
+                 | "SplitByState" >> beam.FlatMap(split_by_state).with_outputs(CARRIED, REMOVED, main="changed"))
+        return split.changed, split[CARRIED], split[REMOVED]
