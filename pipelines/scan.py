@@ -1,11 +1,15 @@
 """The nightly violation scan: Parquet listing shards -> violation reports.
 
     ecomatch scan --input 'shards/*.parquet' --output PREFIX [--model default|PATH]
-                  [--thresholds FILE] [--attribute-columns col=kind,...] [Beam options...]
+                  [--thresholds FILE] [--attribute-columns col=kind,...] [--skip-bad-files]
+                  [--state EARLIER_PREFIX] [Beam options...]
     python -m pipelines.scan ...same arguments...
 
 Graph: ``ReadListings -> DecodeListings -> ScoreListings -> FlagViolations -> WriteReports``
-(see ``transforms/``). Input and output may be local paths or ``gs://`` URIs. Unless
+(see ``transforms/``); with ``--state``, ``CarryForward`` (``transforms/state.py``) comes between
+reading and decoding: listings unchanged since that earlier run keep its verdict without
+being decoded or scored, and its ids no longer read are listed in ``removed/``. Input and
+output may be local paths or ``gs://`` URIs. Unless
 ``--runner`` is given, Beam's in-process ``FnApiRunner`` runs the job (it honours
 ``--direct_num_workers`` and ``--direct_running_mode=multi_processing``); any other runner
 and its options (``--runner DataflowRunner --project ...``) pass straight through.
@@ -17,11 +21,17 @@ Outputs under PREFIX (full schemas in ``transforms/reports.py``):
 - ``violations/*.parquet``: listing_id, severity, match_score, worst_kind, reasons,
   attributes (kind, value, score, threshold, suggested_value, suggested_score);
 - ``errors/*.parquet``: listing_id, source, stage, error_type, message;
-- ``summary.json``: counts, model, thresholds, input, runner, times, listings per second.
+- ``summary.json``: counts, model, thresholds, input, runner, times, listings per second;
+- ``report.html``: a self-contained page for reviewers, written after the job from the
+  outputs above: the ``--report-top`` most severe violations with attention heatmaps
+  (``transforms/html_report.py``).
 
 A rerun to the same PREFIX replaces the previous outputs. Before any work the job checks
 the model, the thresholds file, the attribute-column mapping and every input file's
-schema, and stops with a message naming what is wrong.
+schema, and stops with a message naming what is wrong; a row group that turns out
+unreadable while the job runs stops it too, naming the file. With ``--skip-bad-files``
+such files and row groups are reported in ``errors/`` instead (stage ``read``) and the
+rest is scanned. Guarantees, limits and their tests: ``docs/RELIABILITY.md``.
 """
 from __future__ import annotations
 
@@ -33,17 +43,21 @@ from typing import Mapping, Sequence
 
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
-from apache_beam.options.pipeline_options import PipelineOptions, SetupOptions, StandardOptions
+from apache_beam.options.pipeline_options import GoogleCloudOptions, PipelineOptions, SetupOptions, StandardOptions
 from apache_beam.runners.runner import PipelineResult, PipelineState
 from ecomatch_model.api import Matcher, load
 from ecomatch_model.checkpoint import CheckpointError
 from ecomatch_model.data import parse_attribute_columns
 
 from transforms.decode import DecodeListings, ListingDecoder
+from transforms.errors import redact
 from transforms.flag import MATCH, FlagViolations
-from transforms.listings import InputSchemaError, ReadListings, check_input
-from transforms.reports import ERRORS, SCORES, SUMMARY, VIOLATIONS, ScanInfo, WriteReports, clear_outputs, read_summary
+from transforms.html_report import DEFAULT_TOP, write_report
+from transforms.listings import InputSchemaError, ReadListings, UnreadableInputError, survey_input
+from transforms.reports import (ERRORS, REMOVED, REPORT, SCORES, SUMMARY, VIOLATIONS, ScanInfo, WriteReports,
+                                clear_outputs, read_summary)
 from transforms.score import EcomatchModelHandler, ScoreListings
+from transforms.state import CarryForward, previous_run
 
 log = logging.getLogger("ecomatch.scan")
 
@@ -70,9 +84,18 @@ def build_parser() -> argparse.ArgumentParser:
                         "(default: base_colour=colour,article_type=article_type,pattern=pattern,"
                         "material=material,gender=gender; absent columns are skipped)")
     p.add_argument("--batch-size", type=int, default=64, help="listings per forward pass (default: %(default)s)")
+    p.add_argument("--skip-bad-files", action="store_true",
+                   help="report an input file that is not Parquet or has the wrong schema, or a row group that "
+                        "cannot be read, in errors/ and scan the rest (default: stop the job, naming the file)")
     p.add_argument("--model-copies", type=int, default=None,
                    help="share this many model copies across all worker processes of a VM (default: one "
                         "shared copy when the worker has CUDA, else one per process)")
+    p.add_argument("--report-top", type=int, default=DEFAULT_TOP,
+                   help="violation cards in report.html, the most severe first (default: %(default)s)")
+    p.add_argument("--state", default=None,
+                   help="an earlier run's output prefix: listings unchanged since (same content_hash) keep its "
+                        "verdict without being decoded or scored, its ids no longer read are listed in removed/; "
+                        "ignored, with a warning, when that run is incomplete or had another model or thresholds")
     return p
 
 
@@ -120,10 +143,15 @@ def run(argv: Sequence[str] | None = None, save_main_session: bool = True,
         test_pipeline: beam.Pipeline | None = None) -> PipelineResult:
     """Build and run the scan; returns the finished pipeline's result. Raises
     :class:`ScanConfigError`, ``InputSchemaError``, ``CheckpointError`` or
-    ``FileNotFoundError`` before any work when an argument or an input file is unusable."""
+    ``FileNotFoundError`` before any work when an argument or an input file is unusable,
+    and ``UnreadableInputError`` when a row group cannot be read (unless ``--skip-bad-files``)."""
     args, beam_args = build_parser().parse_known_args(argv)
     if args.batch_size < 1 or (args.model_copies is not None and args.model_copies < 1):
         raise ScanConfigError("--batch-size and --model-copies must be at least 1")
+    if args.report_top < 0:
+        raise ScanConfigError("--report-top must be at least 0")
+    if args.state and args.state.rstrip("/") == args.output.rstrip("/"):
+        raise ScanConfigError("--state must be an earlier run's prefix, not --output (its reports are replaced)")
     options = PipelineOptions(beam_args)
     if options.view_as(StandardOptions).runner is None:
         options.view_as(StandardOptions).runner = DEFAULT_RUNNER
@@ -134,25 +162,47 @@ def run(argv: Sequence[str] | None = None, save_main_session: bool = True,
     thresholds = read_thresholds(args.thresholds, matcher) if args.thresholds else {}
     matcher.thresholds.update(thresholds)
     columns = attribute_columns(args.attribute_columns, matcher)
-    files, read_columns = check_input(args.input, list(columns))
-    info = ScanInfo(args.input, len(files), args.output, args.model, matcher.sha256,
-                    {k: matcher.threshold(k) for k in [MATCH, *matcher.lexicon.kinds]}, list(matcher.lexicon.kinds),
-                    _runner_name(pipeline.options if test_pipeline else options, pipeline))
-    log.info("scanning %d file(s) matching %s (columns %s) with model %s (sha256 %s) into %s",
-             len(files), args.input, ", ".join(read_columns), args.model, matcher.sha256[:12], args.output)
+    survey = survey_input(args.input, list(columns), strict=not args.skip_bad_files)
+    files, read_columns = survey.files, survey.columns
+    for why in survey.bad.values():
+        log.warning("--skip-bad-files: skipping %s", redact(why))
+    effective = {k: matcher.threshold(k) for k in [MATCH, *matcher.lexicon.kinds]}
+    previous, why = previous_run(args.state, matcher.sha256, effective) if args.state else (None, "")
+    if why:
+        log.warning("--state %s is not used, every listing is scanned: %s", redact(args.state), why)
+    info = ScanInfo(args.input, len(files) + len(survey.bad), args.output, args.model, matcher.sha256, effective,
+                    list(matcher.lexicon.kinds), _runner_name(pipeline.options if test_pipeline else options, pipeline),
+                    state=previous.prefix if previous else None)
+    log.info("scanning %d file(s) matching %s (columns %s) with model %s (sha256 %s) into %s", len(files),
+             redact(args.input), ", ".join(read_columns), redact(args.model), matcher.sha256[:12], redact(args.output))
     clear_outputs(args.output)
 
-    listings = pipeline | "ReadListings" >> ReadListings(files, read_columns, list(columns))
+    # The files found bad above go to the reader too: it reports them, with any found bad later.
+    read = ReadListings([*files, *survey.bad], read_columns, list(columns))
+    if args.skip_bad_files:
+        listings, read_errors = pipeline | "ReadListings" >> read.with_exception_handling()
+        failures = [read_errors]
+    else:
+        listings, failures = pipeline | "ReadListings" >> read, []
     decoder = ListingDecoder.from_matcher(matcher, columns)
-    decoded, decode_errors = listings | "DecodeListings" >> DecodeListings(decoder)
+    changed, carried, removed = (listings | "CarryForward" >> CarryForward(previous, decoder) if previous
+                                 else (listings, None, None))
+    decoded, decode_errors = changed | "DecodeListings" >> DecodeListings(decoder)
     handler = EcomatchModelHandler(args.model, thresholds, args.batch_size, args.model_copies)
     scored, score_errors = decoded | "ScoreListings" >> ScoreListings(handler)
     verdicts = scored | "FlagViolations" >> FlagViolations()
-    errors = (decode_errors, score_errors) | "MergeErrors" >> beam.Flatten()
-    _ = {"listings": listings, "verdicts": verdicts, "errors": errors} | "WriteReports" >> WriteReports(info)
+    if previous:
+        verdicts = (verdicts, carried) | "AllVerdicts" >> beam.Flatten()
+    errors = (*failures, decode_errors, score_errors) | "MergeErrors" >> beam.Flatten()
+    reports = {"listings": listings, "verdicts": verdicts, "errors": errors, **({REMOVED: removed} if previous else {})}
+    _ = reports | "WriteReports" >> WriteReports(info)
 
     result = pipeline.run()
+    if pipeline.options.view_as(GoogleCloudOptions).template_location:
+        return result       # only the job description was written (a Dataflow template launch): nothing ran yet
     result.wait_until_finish()
+    if result.state == PipelineState.DONE:        # summary.json is final: the report reads it
+        write_report(args.output, matcher, decoder, files, read_columns, args.report_top)
     return result
 
 
@@ -165,8 +215,11 @@ def report_lines(summary: Mapping, prefix: str) -> list[str]:
             f"{c['errors']} errors, in {summary['seconds']:.1f} s ({summary['listings_per_second']:.1f} listings/s)",
             f"violations by kind: {kinds}",
             f"errors by type: {errors}",
+            f"duplicate listing ids: {summary['duplicates']['ids']} (on {summary['duplicates']['rows']} rows); "
+            f"unreadable inputs skipped: {summary['skipped_inputs']}",
             *(f"{name + ':':<11} {FileSystems.join(prefix, name)}/" for name in (SCORES, VIOLATIONS, ERRORS)),
-            f"{'summary:':<11} {FileSystems.join(prefix, SUMMARY)}"]
+            f"{'summary:':<11} {FileSystems.join(prefix, SUMMARY)}",
+            f"{'report:':<11} {FileSystems.join(prefix, REPORT)}"]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -176,8 +229,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.getLogger("apache_beam.typehints.native_type_compatibility").setLevel(logging.WARNING)
     try:
         result = run(argv)
-    except (ScanConfigError, InputSchemaError, CheckpointError, FileNotFoundError) as exc:
-        print(f"ecomatch scan: error: {exc}", file=sys.stderr)
+    except (ScanConfigError, InputSchemaError, UnreadableInputError, CheckpointError, FileNotFoundError) as exc:
+        print(f"ecomatch scan: error: {redact(str(exc))}", file=sys.stderr)
         return 2
     if result.state != PipelineState.DONE:
         print(f"ecomatch scan: the pipeline ended in state {result.state}", file=sys.stderr)

@@ -2,6 +2,11 @@
 from __future__ import annotations
 
 import io
+import os
+
+# Before anything imports gcsfs: without it every gcsfs call first waits about a minute on a
+# gRPC probe that cannot reach Google from here.
+os.environ.setdefault("GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT", "false")
 
 import numpy as np
 import pytest

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 
-os.environ.setdefault("GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT", "false")  # before gcsfs is imported
 
 import io  # noqa: E402
 import json  # noqa: E402

@@ -1,9 +1,9 @@
 """The ``DecodeListings`` stage: validate a row, fetch and decode its image, letterbox it,
 tokenize the title and find its attributes, all as fixed-shape arrays per listing.
 
-Rows that cannot be used (no id, no title, no image, an unreadable or unsupported image)
-raise here and leave through ``.with_exception_handling()`` as error records; nothing
-broken reaches ``RunInference``.
+Rows that cannot be used (no id, no title, no image, an unreadable or unsupported image,
+a title or image over its cap in :class:`InputLimits`) raise here and leave through
+``.with_exception_handling()`` as error records; nothing broken reaches ``RunInference``.
 
 ``content_hash`` is the sha256 of, in order and each prefixed by its byte length: the
 model's weights sha256, the title (UTF-8), the structured attributes used (``kind=value``
@@ -19,18 +19,34 @@ import apache_beam as beam
 import fsspec
 import numpy as np
 from ecomatch_model.api import Matcher
-from ecomatch_model.preprocess import to_uint8
+from ecomatch_model.preprocess import DEFAULT_MAX_PIXELS, to_uint8
 from ecomatch_model.text import Mention, TextEncoder
 
 from .errors import ErrorRecord, dead_letter_errors
 from .listings import RawListing
 
 MAX_IMAGE_BYTES = 50 * 1024 * 1024
+MAX_TITLE_CHARS = 4096
 _MAGIC = ((b"\xff\xd8\xff", "JPEG"), (b"\x89PNG\r\n\x1a\n", "PNG"), (b"GIF87a", "GIF"), (b"GIF89a", "GIF"))
 
 
 class ListingError(ValueError):
     """A row lacks something every listing needs (id, title, image)."""
+
+
+class InputTooLargeError(ListingError):
+    """A row's title or image is over its cap in :class:`InputLimits`."""
+
+
+@dataclass(frozen=True)
+class InputLimits:
+    """What one listing may cost a worker before it is refused: the encoded image's bytes
+    (inline or fetched; a fetch reads at most one byte more), the title's characters, and
+    the image's width x height, read from its header before any pixel is decoded."""
+
+    max_image_bytes: int = MAX_IMAGE_BYTES
+    max_title_chars: int = MAX_TITLE_CHARS
+    max_pixels: int = DEFAULT_MAX_PIXELS
 
 
 class UnsupportedImageError(ValueError):
@@ -71,15 +87,18 @@ def image_format(data: bytes) -> str:
 
 
 def image_bytes(raw: RawListing, max_bytes: int = MAX_IMAGE_BYTES) -> bytes:
-    """The listing's image: the ``image`` column, else the file at ``image_uri`` (fsspec)."""
+    """The listing's image: the ``image`` column, else the file at ``image_uri`` (fsspec);
+    raises :class:`InputTooLargeError` when it is over ``max_bytes``."""
     if raw.image:
+        if len(raw.image) > max_bytes:
+            raise InputTooLargeError(f"image is {len(raw.image)} bytes, over {max_bytes} bytes")
         return raw.image
     if not raw.image_uri:
         raise ListingError("no image: 'image' and 'image_uri' are both empty")
     with fsspec.open(raw.image_uri, "rb") as f:
         data = f.read(max_bytes + 1)
     if len(data) > max_bytes:
-        raise ListingError(f"image at {raw.image_uri} is over {max_bytes} bytes")
+        raise InputTooLargeError(f"image at {raw.image_uri} is over {max_bytes} bytes")
     return data
 
 
@@ -106,10 +125,12 @@ class ListingDecoder:
     image_size: int
     attribute_columns: Mapping[str, str]   # column -> kind
     model_sha256: str
+    limits: InputLimits = InputLimits()
 
     @classmethod
-    def from_matcher(cls, matcher: Matcher, attribute_columns: Mapping[str, str]) -> "ListingDecoder":
-        return cls(matcher.text_encoder, matcher.image_size, dict(attribute_columns), matcher.sha256)
+    def from_matcher(cls, matcher: Matcher, attribute_columns: Mapping[str, str],
+                     limits: InputLimits = InputLimits()) -> "ListingDecoder":
+        return cls(matcher.text_encoder, matcher.image_size, dict(attribute_columns), matcher.sha256, limits)
 
     def column_attributes(self, raw: RawListing) -> list[tuple[str, str, str]]:
         """(column, kind, value) for each structured column whose value the lexicon knows."""
@@ -117,14 +138,21 @@ class ListingDecoder:
                  for c, k in self.attribute_columns.items())
         return [(c, k, v) for c, k, v in found if v is not None]
 
+    def listing_hash(self, raw: RawListing, data: bytes) -> str:
+        """``content_hash`` of ``raw`` with image bytes ``data`` (also taken before decoding by
+        ``transforms/state.py``, to find listings unchanged since an earlier run)."""
+        return content_hash(self.model_sha256, raw.title, [(k, v) for _, k, v in self.column_attributes(raw)], data)
+
     def __call__(self, raw: RawListing) -> DecodedListing:
         if not raw.listing_id:
             raise ListingError("listing_id is empty")
         if raw.title is None or not raw.title.strip():
             raise ListingError("title is empty")
-        data = image_bytes(raw)
+        if len(raw.title) > self.limits.max_title_chars:
+            raise InputTooLargeError(f"title is {len(raw.title)} characters, over {self.limits.max_title_chars}")
+        data = image_bytes(raw, self.limits.max_image_bytes)
         image_format(data)                      # refuse formats outside the contract before Pillow opens them
-        pixels = to_uint8(data, self.image_size)
+        pixels = to_uint8(data, self.image_size, self.limits.max_pixels)
         columns = self.column_attributes(raw)
         pairs = [(k, v) for _, k, v in columns]
         enc = self.encoder.encode([raw.title], [pairs])
@@ -132,7 +160,7 @@ class ListingDecoder:
         n_title = len(self.encoder.tokens(raw.title))
         origins = [("title" if m.start < n_title else next(c for c, k, v in columns if (k, v) == (m.kind, m.value)))
                    for m in mentions]
-        return DecodedListing(raw.listing_id, raw.source, content_hash(self.model_sha256, raw.title, pairs, data),
+        return DecodedListing(raw.listing_id, raw.source, self.listing_hash(raw, data),
                               pixels, enc.ids[0], enc.mask[0], enc.attr_mask[0], enc.attr_valid[0], enc.attr_value[0],
                               mentions, origins)
 

@@ -60,6 +60,7 @@ class Verdict:
     content_hash: str
     reasons: tuple[str, ...] = ()
     attributes: tuple[Finding, ...] = ()
+    carried: bool = False           # taken from an earlier run, unchanged since (transforms/state.py)
 
     def score_row(self) -> dict[str, Any]:
         """The row of ``scores/*.parquet``."""

@@ -2,11 +2,24 @@
 
 - ``scores/part-SSSSS-of-NNNNN.parquet``: one row per scored listing (:data:`SCORES_SCHEMA`);
 - ``violations/part-*.parquet``: one row per violation (:data:`VIOLATIONS_SCHEMA`);
-- ``errors/part-*.parquet``: one row per listing that could not be scored (:data:`ERRORS_SCHEMA`);
+- ``errors/part-*.parquet``: one row per listing that could not be scored (:data:`ERRORS_SCHEMA`),
+  stage ``decode`` or ``score``; with ``--skip-bad-files`` also one row per input file or
+  row group that could not be read (stage ``read``, no listing id), not a listing and so
+  counted apart, as ``skipped_inputs``;
+- ``removed/part-*.parquet``: with ``--state``, one row per listing id of the earlier run that
+  is not read any more (:data:`REMOVED_SCHEMA`, ``transforms/state.py``);
 - ``summary.json``: counts, model, thresholds, input, runner, times and throughput, and
   the shard files of this run. It is written last, only once every shard is final and the
   counts reconcile (read = scored + errors, scored = ok + violations); otherwise the job
-  fails. A prefix without ``summary.json`` holds no complete run.
+  fails. A prefix without ``summary.json`` holds no complete run. ``duplicates`` counts the
+  listing ids read more than once (``ids``) and the rows carrying them (``rows``): every
+  such row is scored or reported like any other. Credentials in the input, output and
+  model locations are masked (:func:`~transforms.errors.redact`). ``incremental`` splits
+  ``scored`` into the verdicts carried forward from the ``--state`` run (``carried``) and
+  those the model gave now (``scored``), and counts the ``removed`` ids.
+
+Counts come from the data (PCollections of events), not from Beam metrics, so a bundle
+that a runner retries is counted once: only its committed attempt's outputs exist.
 
 Shards go through Beam's file sinks (temporary files, then finalize). Every report
 directory gets at least one shard, so an empty report still carries its schema.
@@ -31,10 +44,12 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.io.parquetio import WriteToParquet
 from apache_beam.pvalue import AsList
 
-from .errors import ErrorRecord
+from .errors import ErrorRecord, redact
 from .flag import MATCH, Verdict
 
 SCORES, VIOLATIONS, ERRORS, SUMMARY = "scores", "violations", "errors", "summary.json"
+REMOVED = "removed"           # written with --state only
+REPORT = "report.html"        # written after the job by transforms.html_report
 
 SCORES_SCHEMA = pa.schema([
     ("listing_id", pa.string()), ("verdict", pa.string()), ("severity", pa.float64()),
@@ -52,6 +67,7 @@ ERRORS_SCHEMA = pa.schema([
     ("listing_id", pa.string()), ("source", pa.string()), ("stage", pa.string()),
     ("error_type", pa.string()), ("message", pa.string()),
 ])
+REMOVED_SCHEMA = pa.schema([("listing_id", pa.string()), ("verdict", pa.string()), ("content_hash", pa.string())])
 
 
 class CountMismatchError(RuntimeError):
@@ -71,11 +87,12 @@ class ScanInfo:
     kinds: Sequence[str]            # attribute kinds, for per-kind counts
     runner: str
     started_at: float = field(default_factory=time.time)
+    state: str | None = None        # the earlier run whose verdicts are carried forward
 
 
 def clear_outputs(prefix: str) -> None:
     """Delete a previous run's reports under ``prefix`` (see the module docstring)."""
-    for name in (SUMMARY, SCORES, VIOLATIONS, ERRORS):
+    for name in (SUMMARY, REPORT, SCORES, VIOLATIONS, ERRORS, REMOVED):
         path = FileSystems.join(prefix, name)
         files = [m.path for m in FileSystems.match([path + "/**"])[0].metadata_list]
         if files:
@@ -85,16 +102,30 @@ def clear_outputs(prefix: str) -> None:
 
 
 def verdict_events(v: Verdict) -> Iterator[str]:
-    """Count keys of one verdict: scored, its verdict and, for violations, its kind."""
+    """Count keys of one verdict: scored, carried or inferred, its verdict and, for violations, its kind."""
     yield "scored"
+    yield "carried" if v.carried else "inferred"
     yield v.verdict
     if v.worst_kind is not None:
         yield f"kind:{v.worst_kind}"
 
 
 def error_events(e: ErrorRecord) -> Iterator[str]:
+    """Count keys of one error record: a listing's error and its type, or a skipped input."""
+    if e.stage == "read":
+        yield "skipped_input"
+        return
     yield "errors"
     yield f"error:{e.error_type}"
+
+
+def duplicate_events(id_count: tuple[str, int]) -> Iterator[str]:
+    """Count keys of a listing id read ``n`` times: none when n is 1, else one
+    ``duplicate_id`` and ``n`` ``duplicate_row``."""
+    _, n = id_count
+    if n > 1:
+        yield "duplicate_id"
+        yield from ["duplicate_row"] * n
 
 
 def summary_counts(events: Mapping[str, int], kinds: Sequence[str]) -> dict[str, Any]:
@@ -129,7 +160,7 @@ def _relative(prefix: str, path: str) -> str:
 
 
 def write_summary(events: Mapping[str, int], info: ScanInfo, scores: Sequence[str], violations: Sequence[str],
-                  errors: Sequence[str]) -> dict[str, Any]:
+                  errors: Sequence[str], removed: Sequence[str] = ()) -> dict[str, Any]:
     """Build ``summary.json`` from the event counts and the final shard names, write it
     under the output prefix, and return it."""
     counts = summary_counts(events, info.kinds)
@@ -137,17 +168,22 @@ def write_summary(events: Mapping[str, int], info: ScanInfo, scores: Sequence[st
     seconds = max(finished - info.started_at, 1e-9)
     summary = {
         "counts": counts,
-        "model": {"name": info.model_name, "sha256": info.model_sha256},
+        "duplicates": {"ids": int(events.get("duplicate_id", 0)), "rows": int(events.get("duplicate_row", 0))},
+        "skipped_inputs": int(events.get("skipped_input", 0)),
+        "incremental": {"state": redact(info.state) if info.state else None, "carried": int(events.get("carried", 0)),
+                        "scored": int(events.get("inferred", 0)), "removed": int(events.get("removed", 0))},
+        "model": {"name": redact(info.model_name), "sha256": info.model_sha256},
         "thresholds": dict(info.thresholds),
-        "input": {"pattern": info.input, "files": info.input_files},
-        "output": info.output,
+        "input": {"pattern": redact(info.input), "files": info.input_files},
+        "output": redact(info.output),
         "runner": info.runner,
         "started_at": _iso(info.started_at),
         "finished_at": _iso(finished),
         "seconds": round(seconds, 3),
         "listings_per_second": round(counts["read"] / seconds, 3),
         "files": {name: sorted(_relative(info.output, p) for p in paths)
-                  for name, paths in ((SCORES, scores), (VIOLATIONS, violations), (ERRORS, errors))},
+                  for name, paths in ((SCORES, scores), (VIOLATIONS, violations), (ERRORS, errors),
+                                      *([(REMOVED, removed)] if info.state else []))},
     }
     with FileSystems.create(FileSystems.join(info.output, SUMMARY), mime_type="application/json") as f:
         f.write((json.dumps(summary, indent=2, sort_keys=True) + "\n").encode("utf-8"))
@@ -165,8 +201,9 @@ def _shards(prefix: str, name: str, schema: pa.Schema) -> WriteToParquet:
 
 
 class WriteReports(beam.PTransform):
-    """``{"listings", "verdicts", "errors"}`` PCollections -> the reports under the output
-    prefix; returns a PCollection holding the one ``summary.json`` dict."""
+    """``{"listings", "verdicts", "errors"}`` PCollections, and ``"removed"`` rows with
+    ``--state``, -> the reports under the output prefix; returns a PCollection holding the one
+    ``summary.json`` dict."""
 
     def __init__(self, info: ScanInfo):
         super().__init__()
@@ -185,11 +222,22 @@ class WriteReports(beam.PTransform):
         error_files = (errors
                        | "ErrorRows" >> beam.Map(ErrorRecord.row)
                        | "WriteErrors" >> _shards(out, ERRORS, ERRORS_SCHEMA))
+        # Every listing read is in exactly one of verdicts and errors, with its id.
+        duplicates = ((verdicts | "VerdictIds" >> beam.Map(lambda v: v.listing_id),
+                       errors | "ErrorIds" >> beam.Map(lambda e: e.listing_id))
+                      | "AllIds" >> beam.Flatten()
+                      | "KnownIds" >> beam.Filter(bool)
+                      | "CountIds" >> beam.combiners.Count.PerElement()
+                      | "DuplicateEvents" >> beam.FlatMap(duplicate_events))
+        removed = [pcolls[REMOVED]] if REMOVED in pcolls else []
+        removed_files = [r | "WriteRemoved" >> _shards(out, REMOVED, REMOVED_SCHEMA) for r in removed]
         events = ((pcolls["listings"] | "ReadEvents" >> beam.Map(lambda _: "read"),
                    verdicts | "VerdictEvents" >> beam.FlatMap(verdict_events),
-                   errors | "ErrorEvents" >> beam.FlatMap(error_events))
+                   errors | "ErrorEvents" >> beam.FlatMap(error_events),
+                   duplicates,
+                   *(r | "RemovedEvents" >> beam.Map(lambda _: "removed") for r in removed))
                   | "AllEvents" >> beam.Flatten()
                   | "CountEvents" >> beam.combiners.Count.PerElement()
                   | "EventCounts" >> beam.combiners.ToDict())
         return events | "WriteSummary" >> beam.Map(write_summary, self._info, AsList(scores), AsList(violations),
-                                                    AsList(error_files))
+                                                    AsList(error_files), *map(AsList, removed_files))
