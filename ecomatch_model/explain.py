@@ -14,26 +14,11 @@ from PIL import Image, ImageDraw, ImageFont
 
 from .api import AttributeScore, ListingScore, Matcher
 from .preprocess import ImageInput, to_uint8
-from .text import _APOSTROPHES, _SPLIT
+from .text import word_offsets
 
 # Colour stops (position, RGB) of the heat scale: blue (cold) -> cyan -> yellow -> red (hot).
 HEAT_STOPS = ((0.0, (30, 60, 200)), (0.35, (0, 200, 230)), (0.65, (255, 230, 0)), (1.0, (230, 20, 20)))
 FAIL_RGB, OK_RGB, INK_RGB = (200, 20, 20), (20, 130, 40), (20, 20, 20)
-
-
-def word_offsets(text: str) -> list[tuple[int, int]]:
-    """Character span in ``text`` of each token of ``text.words(text)``, in order, so a
-    mention's token span can be shown on the original title."""
-    folded: list[str] = []
-    origin: list[int] = []
-    for i, ch in enumerate(text):
-        if _APOSTROPHES.fullmatch(ch):
-            continue
-        low = ch.lower()
-        folded.append(low)
-        origin.extend([i] * len(low))
-    joined = "".join(folded)
-    return [(origin[m.start()], origin[m.end() - 1] + 1) for m in _SPLIT.finditer(joined)]
 
 
 def pixels_image(pixels: np.ndarray) -> Image.Image:

@@ -29,6 +29,21 @@ def words(text: str) -> list[str]:
     return _SPLIT.findall(_APOSTROPHES.sub("", text.lower()))
 
 
+def word_offsets(text: str) -> list[tuple[int, int]]:
+    """Character span in ``text`` of each token of ``words(text)``, in order, so a
+    mention's token span can be shown on the original title."""
+    folded: list[str] = []
+    origin: list[int] = []
+    for i, ch in enumerate(text):
+        if _APOSTROPHES.fullmatch(ch):
+            continue
+        low = ch.lower()
+        folded.append(low)
+        origin.extend([i] * len(low))
+    joined = "".join(folded)
+    return [(origin[m.start()], origin[m.end() - 1] + 1) for m in _SPLIT.finditer(joined)]
+
+
 class Vocabulary:
     """Word -> id with ``n_buckets`` hashed ids for words outside the vocabulary.
 

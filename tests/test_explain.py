@@ -9,7 +9,8 @@ from PIL import Image
 from pipeline_fixtures import model_dir_fixture  # noqa: F401 (fixtures)
 
 from ecomatch_model import cli
-from ecomatch_model.explain import heat_colours, mention_words, overlay_heatmap, word_offsets
+from ecomatch_model.explain import heat_colours, mention_words, overlay_heatmap
+from ecomatch_model.text import word_offsets
 from ecomatch_model.text import words
 
 

@@ -37,7 +37,8 @@ import pyarrow.parquet as pq
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 from ecomatch_model.api import ListingScore, Matcher
-from ecomatch_model.explain import overlay_heatmap, pixels_image, word_offsets
+from ecomatch_model.explain import overlay_heatmap, pixels_image
+from ecomatch_model.text import word_offsets
 from PIL import Image
 
 from .decode import DecodedListing, ListingDecoder
