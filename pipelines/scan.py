@@ -38,12 +38,14 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from typing import Mapping, Sequence
 
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
-from apache_beam.options.pipeline_options import GoogleCloudOptions, PipelineOptions, SetupOptions, StandardOptions
+from apache_beam.options.pipeline_options import (DirectOptions, GoogleCloudOptions, PipelineOptions, SetupOptions,
+                                                  StandardOptions)
 from apache_beam.runners.runner import PipelineResult, PipelineState
 from ecomatch_model.api import Matcher, load
 from ecomatch_model.checkpoint import CheckpointError
@@ -87,6 +89,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--skip-bad-files", action="store_true",
                    help="report an input file that is not Parquet or has the wrong schema, or a row group that "
                         "cannot be read, in errors/ and scan the rest (default: stop the job, naming the file)")
+    p.add_argument("--torch-threads", type=int, default=None,
+                   help="torch CPU threads per worker process (default: cores / --direct_num_workers for a "
+                        "local multi-process run, else torch's own default)")
     p.add_argument("--model-copies", type=int, default=None,
                    help="share this many model copies across all worker processes of a VM (default: one "
                         "shared copy when the worker has CUDA, else one per process)")
@@ -139,6 +144,16 @@ def _runner_name(options: PipelineOptions, pipeline: beam.Pipeline) -> str:
     return runner if isinstance(runner, str) else type(pipeline.runner).__name__
 
 
+def local_worker_threads(options: PipelineOptions) -> int | None:
+    """Torch threads per process for a local multi-process run (cores shared out between
+    the worker processes); None elsewhere, where torch's default stands."""
+    direct = options.view_as(DirectOptions)
+    workers = direct.direct_num_workers or 1
+    if direct.direct_running_mode != "multi_processing" or workers < 2:
+        return None
+    return max(1, (os.cpu_count() or 1) // workers)
+
+
 def run(argv: Sequence[str] | None = None, save_main_session: bool = True,
         test_pipeline: beam.Pipeline | None = None) -> PipelineResult:
     """Build and run the scan; returns the finished pipeline's result. Raises
@@ -188,7 +203,8 @@ def run(argv: Sequence[str] | None = None, save_main_session: bool = True,
     changed, carried, removed = (listings | "CarryForward" >> CarryForward(previous, decoder) if previous
                                  else (listings, None, None))
     decoded, decode_errors = changed | "DecodeListings" >> DecodeListings(decoder)
-    handler = EcomatchModelHandler(args.model, thresholds, args.batch_size, args.model_copies)
+    handler = EcomatchModelHandler(args.model, thresholds, args.batch_size, args.model_copies,
+                                   args.torch_threads or local_worker_threads(options))
     scored, score_errors = decoded | "ScoreListings" >> ScoreListings(handler)
     verdicts = scored | "FlagViolations" >> FlagViolations()
     if previous:

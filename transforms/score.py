@@ -65,16 +65,20 @@ class EcomatchModelHandler(ModelHandler[DecodedListing, PredictionResult, Listin
     """RunInference handler for an ecomatch checkpoint (bundled name, path or URL).
 
     ``thresholds`` override the checkpoint's calibrated ones; ``model_copies`` (when set)
-    shares that many model copies across all processes of a worker VM.
+    shares that many model copies across all processes of a worker VM; ``torch_threads``
+    (when set) caps torch's CPU threads in the loading process, so that several worker
+    processes on one machine do not each start a thread per core.
     """
 
     def __init__(self, model: str, thresholds: Mapping[str, float] | None = None, batch_size: int = 64,
-                 model_copies: int | None = None):
+                 model_copies: int | None = None, torch_threads: int | None = None):
         super().__init__()
         self._model, self._thresholds = model, dict(thresholds or {})
-        self._batch_size, self._copies = batch_size, model_copies
+        self._batch_size, self._copies, self._threads = batch_size, model_copies, torch_threads
 
     def load_model(self) -> ListingScorer:
+        if self._threads:
+            torch.set_num_threads(self._threads)
         matcher = load(self._model, batch_size=self._batch_size)
         matcher.thresholds.update(self._thresholds)
         log.info("loaded model %s (sha256 %s) on %s", self._model, matcher.sha256[:12], matcher.device)
