@@ -20,7 +20,7 @@ from .config import CONFIGS, apply_overrides, get_config
 from .data import parse_attribute_columns, read_listings
 from .model import DualMatcher, count_parameters, prunable_channels
 from .prune import prune_model
-from .text import Lexicon, TextEncoder, Vocabulary
+from .text import Lexicon, Vocabulary
 
 log = logging.getLogger("ecomatch")
 

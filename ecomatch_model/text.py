@@ -20,7 +20,6 @@ KINDS: tuple[str, ...] = ("colour", "article_type", "pattern", "material", "gend
 
 _APOSTROPHES = re.compile(r"['\u2019`]")
 _SPLIT = re.compile(r"[^\W_]+", re.UNICODE)
-PAD_ID = 0
 
 
 def words(text: str) -> list[str]:

@@ -248,10 +248,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ScanConfigError, InputSchemaError, UnreadableInputError, CheckpointError, FileNotFoundError) as exc:
         print(f"ecomatch scan: error: {redact(str(exc))}", file=sys.stderr)
         return 2
+    args, beam_args = build_parser().parse_known_args(argv)
+    template = PipelineOptions(beam_args).view_as(GoogleCloudOptions).template_location
+    if template:  # the job was described, not run: there are no reports to show yet
+        print(f"job description written to {template}")
+        return 0
     if result.state != PipelineState.DONE:
         print(f"ecomatch scan: the pipeline ended in state {result.state}", file=sys.stderr)
         return 1
-    prefix = build_parser().parse_known_args(argv)[0].output
+    prefix = args.output
     print("\n".join(report_lines(read_summary(prefix), prefix)))
     return 0
 

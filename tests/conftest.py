@@ -8,7 +8,6 @@ import os
 # gRPC probe that cannot reach Google from here.
 os.environ.setdefault("GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT", "false")
 
-import numpy as np
 import pytest
 import torch
 from PIL import Image

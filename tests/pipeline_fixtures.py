@@ -1,14 +1,22 @@
 """Shared helpers and fixtures for the pipeline tests: small listing shards, a saved tiny
-model, and TestPipelines on Beam's in-process FnApiRunner (nothing is downloaded)."""
+model, TestPipelines on Beam's in-process FnApiRunner, and a real local GCS server
+(gcp-storage-emulator on 127.0.0.1). Nothing is downloaded and nothing leaves loopback."""
 from __future__ import annotations
 
 import io
+import socket
+import subprocess
+import sys
+import time
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
+import fsspec
+import gcsfs
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from apache_beam.internal.gcp import auth
 from apache_beam.runners.portability.fn_api_runner import FnApiRunner
 from apache_beam.testing.test_pipeline import TestPipeline
 from PIL import Image
@@ -75,3 +83,48 @@ def model_dir_fixture(tiny_ckpt: Checkpoint, tmp_path: Path) -> str:
     path = tmp_path / "model"
     save(tiny_ckpt, str(path))
     return str(path)
+
+
+BUCKET = "ecomatch-test"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def emulator() -> Iterator[str]:
+    """A gcp-storage-emulator process on 127.0.0.1 with an empty bucket; yields its URL."""
+    port = _free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "gcp_storage_emulator", "start", "--host=127.0.0.1",
+                             f"--port={port}", "--in-memory", f"--default-bucket={BUCKET}"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+                break
+            except OSError:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError("gcp-storage-emulator did not start") from None
+                time.sleep(0.1)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+@pytest.fixture()
+def gcs(emulator: str, monkeypatch) -> gcsfs.GCSFileSystem:
+    """Point every client at the emulator, anonymously: Beam's GCS filesystem
+    (google-cloud-storage honours STORAGE_EMULATOR_HOST; Beam's credential lookup is
+    settled as "none", so it never probes Google auth or the metadata server) and
+    fsspec's gcsfs (token "anon")."""
+    monkeypatch.setenv("STORAGE_EMULATOR_HOST", emulator)
+    monkeypatch.setattr(auth._Credentials, "_credentials_init", True)
+    monkeypatch.setattr(auth._Credentials, "_credentials", None)
+    monkeypatch.setitem(fsspec.config.conf, "gs", {"token": "anon"})
+    return gcsfs.GCSFileSystem(token="anon", skip_instance_cache=True)

@@ -125,7 +125,7 @@ def test_python_is_the_projects(dockerfile: Dockerfile):
         f"the image runs Python {python}, this project runs {sys.version_info.major}.{sys.version_info.minor}")
     assert f"python{python.replace('.', '')}-template-launcher-base" in dockerfile.stage("template_launcher").image
     installs = [rest for kw, rest in dockerfile.final.instructions if kw == "RUN" and "venv" in rest]
-    assert any(f"python${{PYTHON_VERSION}} -m venv /opt/venv" in r for r in installs)
+    assert any("python${PYTHON_VERSION} -m venv /opt/venv" in r for r in installs)
 
 
 def test_torch_matches_venv_and_cuda_runtime_base(dockerfile: Dockerfile):

@@ -8,22 +8,19 @@ file. Only what follows needs Google Cloud: the service reading the job file, cr
 job and starting workers."""
 from __future__ import annotations
 
-import os
+import datetime as dt
+import json
+from pathlib import Path
 
+import gcsfs
+import pyarrow.parquet as pq
+from apache_beam.portability.api import beam_runner_api_pb2
+from pipeline_fixtures import BUCKET, emulator, gcs  # noqa: F401 (fixtures)
 
-import datetime as dt  # noqa: E402
-import json  # noqa: E402
-from pathlib import Path  # noqa: E402
-
-import gcsfs  # noqa: E402
-import pyarrow.parquet as pq  # noqa: E402
-from apache_beam.portability.api import beam_runner_api_pb2  # noqa: E402
-from test_pipeline_gcs import BUCKET, emulator, gcs  # noqa: E402,F401 (fixtures)
-
-from ecomatch_model import load  # noqa: E402
-from ecomatch_model.sample import make_listings  # noqa: E402
-from infra import launch  # noqa: E402
-from transforms.flag import MATCH  # noqa: E402
+from ecomatch_model import load
+from ecomatch_model.sample import make_listings
+from infra import launch
+from transforms.flag import MATCH
 
 IMAGE = "us-central1-docker.pkg.dev/shop-prod/ecomatch/worker:0123456789ab"
 DAY = dt.date(2026, 11, 26)

@@ -3,73 +3,17 @@
 fsspec/gcsfs, and the reports read back through gcsfs. Nothing leaves loopback."""
 from __future__ import annotations
 
-import os
+import io
+import json
+from pathlib import Path
 
+import gcsfs
+import pyarrow.parquet as pq
+from pipeline_fixtures import BUCKET, image, listings_table
+from pipeline_fixtures import emulator, gcs, model_dir_fixture  # noqa: F401 (fixtures)
 
-import io  # noqa: E402
-import json  # noqa: E402
-import socket  # noqa: E402
-import subprocess  # noqa: E402
-import sys  # noqa: E402
-import time  # noqa: E402
-from pathlib import Path  # noqa: E402
-from typing import Iterator  # noqa: E402
-
-import fsspec  # noqa: E402
-import gcsfs  # noqa: E402
-import pyarrow.parquet as pq  # noqa: E402
-import pytest  # noqa: E402
-from apache_beam.internal.gcp import auth  # noqa: E402
-from pipeline_fixtures import image, listings_table  # noqa: E402
-from pipeline_fixtures import model_dir_fixture  # noqa: E402,F401 (fixtures)
-
-from ecomatch_model.sample import make_listings  # noqa: E402
-from transforms.reports import ERRORS_SCHEMA, SCORES_SCHEMA, VIOLATIONS_SCHEMA  # noqa: E402
-
-BUCKET = "ecomatch-test"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture(scope="module")
-def emulator() -> Iterator[str]:
-    """A gcp-storage-emulator process on 127.0.0.1 with an empty bucket; yields its URL."""
-    port = _free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "gcp_storage_emulator", "start", "--host=127.0.0.1",
-                             f"--port={port}", "--in-memory", f"--default-bucket={BUCKET}"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-                break
-            except OSError:
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError("gcp-storage-emulator did not start") from None
-                time.sleep(0.1)
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
-
-
-@pytest.fixture()
-def gcs(emulator: str, monkeypatch) -> gcsfs.GCSFileSystem:
-    """Point every client at the emulator, anonymously: Beam's GCS filesystem
-    (google-cloud-storage honours STORAGE_EMULATOR_HOST; Beam's credential lookup is
-    settled as "none", so it never probes Google auth or the metadata server) and
-    fsspec's gcsfs (token "anon")."""
-    monkeypatch.setenv("STORAGE_EMULATOR_HOST", emulator)
-    monkeypatch.setattr(auth._Credentials, "_credentials_init", True)
-    monkeypatch.setattr(auth._Credentials, "_credentials", None)
-    monkeypatch.setitem(fsspec.config.conf, "gs", {"token": "anon"})
-    return gcsfs.GCSFileSystem(token="anon", skip_instance_cache=True)
-
+from ecomatch_model.sample import make_listings
+from transforms.reports import ERRORS_SCHEMA, SCORES_SCHEMA, VIOLATIONS_SCHEMA
 
 def test_scan_reads_and_writes_gcs(gcs: gcsfs.GCSFileSystem, model_dir: str, tmp_path: Path):
     table = make_listings(6, seed=5, size=64)

@@ -8,7 +8,7 @@ import pytest
 from apache_beam.testing.util import assert_that, equal_to
 from pipeline_fixtures import ATTRS, fn_api_pipeline, image, listings_table, write_table
 
-from transforms.listings import InputSchemaError, RawListing, ReadListings, check_input, check_schema
+from transforms.listings import InputSchemaError, RawListing, ReadListings, check_schema, survey_input
 
 
 def test_check_schema_reads_present_columns_only():
@@ -36,23 +36,24 @@ def test_check_schema_names_file_and_column(schema, message):
     assert str(exc.value) == message
 
 
-def test_check_input_stops_at_the_bad_file(tmp_path: Path):
+def test_survey_input_stops_at_the_bad_file(tmp_path: Path):
     write_table(tmp_path / "a.parquet", listings_table([{"listing_id": "x", "title": "t", "image": b"i"}]))
     write_table(tmp_path / "b.parquet", pa.table({"listing_id": ["y"], "image": [b"i"]}))
     with pytest.raises(InputSchemaError, match=r"b\.parquet: missing required column 'title'"):
-        check_input(str(tmp_path / "*.parquet"), list(ATTRS))
+        survey_input(str(tmp_path / "*.parquet"), list(ATTRS))
     (tmp_path / "c.txt").write_text("not parquet")
     with pytest.raises(InputSchemaError, match=r"c\.txt: not a readable Parquet file"):
-        check_input(str(tmp_path / "c.txt"), list(ATTRS))
+        survey_input(str(tmp_path / "c.txt"), list(ATTRS))
     with pytest.raises(InputSchemaError, match="no files match"):
-        check_input(str(tmp_path / "none-*.parquet"), list(ATTRS))
+        survey_input(str(tmp_path / "none-*.parquet"), list(ATTRS))
 
 
-def test_check_input_unions_columns_over_files(tmp_path: Path):
+def test_survey_input_unions_columns_over_files(tmp_path: Path):
     a = write_table(tmp_path / "a.parquet", pa.table({"listing_id": ["x"], "title": ["t"], "image": [b"i"]}))
     b = write_table(tmp_path / "b.parquet", pa.table({"listing_id": ["y"], "title": ["u"], "image_uri": ["p"],
                                                       "article_type": ["Shirts"], "extra": [1]}))
-    files, columns = check_input(str(tmp_path / "*.parquet"), list(ATTRS))
+    survey = survey_input(str(tmp_path / "*.parquet"), list(ATTRS))
+    files, columns = survey.files, survey.columns
     assert files == [a, b]
     assert columns == ["listing_id", "title", "image", "image_uri", "article_type"]
 

@@ -416,7 +416,7 @@ def summary_html(summary: Mapping[str, Any], histogram: Sequence[int]) -> str:
     thresholds = "".join(f"<tr><td>{esc(k)}</td><td>{float(v):.4f}</td></tr>"
                          for k, v in summary["thresholds"].items())
     model = summary["model"]
-    return (f'<section id="summary"><h2>Summary</h2><div class="stats">'
+    return ('<section id="summary"><h2>Summary</h2><div class="stats">'
             + "".join(f'<div class="stat" id="count-{key}"><b>{esc(v)}</b>{label}</div>' for key, label, v in stats)
             + '</div><div class="charts"><div class="panel"><h2>Violations per kind</h2>'
             + bar_chart_svg(c["violations_per_kind"])

@@ -8,7 +8,7 @@ Listing shards are Parquet files with
 - optional string columns holding structured attributes (``--attribute-columns`` maps
   column -> attribute kind).
 
-:func:`check_input` reads only the Parquet footers, before the pipeline is built, so a
+:func:`survey_input` reads only the Parquet footers, before the pipeline is built, so a
 missing or mistyped column, or a file that is not Parquet (truncated, say), stops the job
 with the file and the column named. :class:`ReadListings` then reads exactly the needed
 columns, one row group per element, all of a row group or none of it: a corrupt data page
@@ -124,13 +124,6 @@ def survey_input(pattern: str, attribute_columns: Sequence[str], strict: bool = 
                 raise
             bad[path] = str(exc)
     return InputSurvey([f for f in files if f not in bad], list(columns), bad)
-
-
-def check_input(pattern: str, attribute_columns: Sequence[str]) -> tuple[list[str], list[str]]:
-    """Expand ``pattern`` and check every file's schema; returns (sorted files, the union of
-    columns to read). Raises :class:`InputSchemaError` on the first bad file."""
-    survey = survey_input(pattern, attribute_columns)
-    return survey.files, survey.columns
 
 
 def to_raw_listing(file_row: tuple[str, Mapping[str, Any]], attribute_columns: Sequence[str]) -> RawListing:
