@@ -17,7 +17,7 @@ from . import card as cards
 from .api import Matcher, load, resolve_model_path
 from .checkpoint import Checkpoint, build_model, load_checkpoint, save
 from .config import CONFIGS, apply_overrides, get_config
-from .data import parse_attribute_columns, read_listings
+from .data import concat_listings, parse_attribute_columns, read_listings
 from .model import DualMatcher, count_parameters, prunable_channels
 from .prune import prune_model
 from .text import Lexicon, Vocabulary
@@ -85,14 +85,15 @@ def cmd_prune(args: argparse.Namespace) -> int:
 def cmd_train(args: argparse.Namespace) -> int:
     from .evaluate import build_eval_set, calibrate
     from .train import TrainOptions, split_for_training, train
-    listings = read_listings(args.data, limit=args.limit)
+    listings = concat_listings([read_listings(d, limit=args.limit) for d in args.data])
     train_set, val_set = split_for_training(listings, args.val_fraction, args.seed)
     log.info("%d listings: %d train, %d validation", len(listings), len(train_set), len(val_set))
     cfg = apply_overrides(get_config(args.config), args.set)
     opts = TrainOptions(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
-                        device=args.device, stop_after=args.stop_after)
+                        device=args.device, stop_after=args.stop_after, group_chunk=args.group_chunk)
     t0 = time.time()
-    body = (f"Command: `{_command_line()}`\n\nData: `{args.data}`: {len(train_set)} training and "
+    data = ", ".join(f"`{d}`" for d in args.data)
+    body = (f"Command: `{_command_line()}`\n\nData: {data}: {len(train_set)} training and "
             f"{len(val_set)} validation listings (split by image content, seed {args.seed}).")
     card = cards.section("Training", body)
     ckpt = train(train_set, cfg, args.out, opts, parse_attribute_columns(args.attribute_columns),
@@ -139,6 +140,8 @@ def _add_split_args(s: argparse.ArgumentParser) -> None:
     s.add_argument("--split", choices=["all", "train", "val"], default="all",
                    help="use only this side of the training split (by image content)")
     s.add_argument("--val-fraction", type=float, default=0.1)
+    s.add_argument("--group-chunk", type=int, default=0,
+                   help="hard negatives: batches made of runs of N listings of one article type (0: off)")
     s.add_argument("--split-seed", type=int, default=0)
 
 
@@ -224,7 +227,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(fn=cmd_prune)
 
     s = sub.add_parser("train", help="train a model on listing Parquet shards")
-    s.add_argument("--data", required=True, help="Parquet glob (local or gs://)")
+    s.add_argument("--data", required=True, action="append",
+                   help="Parquet glob (local or gs://); repeat to train on several sources together")
     s.add_argument("--config", default="tiny", choices=sorted(CONFIGS))
     s.add_argument("--out", required=True)
     s.add_argument("--epochs", type=int, default=10)
@@ -236,6 +240,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--limit", type=int, default=None, help="read at most this many listings")
     s.add_argument("--val-fraction", type=float, default=0.1)
+    s.add_argument("--group-chunk", type=int, default=0,
+                   help="hard negatives: batches made of runs of N listings of one article type (0: off)")
     s.add_argument("--precision", type=float, default=0.9, help="calibration target on the validation split")
     s.add_argument("--max-eval", type=int, default=3000)
     s.add_argument("--attribute-columns", default=None, help="column=kind,... (default: the catalogue's)")

@@ -83,6 +83,13 @@ def read_listings(pattern: str, limit: int | None = None) -> Listings:
     return listings.take(range(min(len(listings), limit))) if limit is not None else listings
 
 
+def concat_listings(parts: Sequence[Listings]) -> Listings:
+    """Listings of several sources one after another; a column missing from a source is empty there."""
+    names = sorted({c for p in parts for c in p.columns})
+    return Listings([i for p in parts for i in p.ids], [t for p in parts for t in p.titles],
+                    [b for p in parts for b in p.images], {c: [v for p in parts for v in p.column(c)] for c in names})
+
+
 def content_split(images: Sequence[bytes], val_fraction: float, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """Train/validation indices decided by a hash of the image bytes, so byte-identical
     images always fall on the same side."""

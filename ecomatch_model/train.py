@@ -8,6 +8,7 @@ nothing pickled) under ``OUT/train_state``.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
@@ -43,18 +44,50 @@ class TrainOptions:
     device: str = "cpu"
     log_every: int = 20
     stop_after: int | None = None  # end this run after this epoch; --resume continues the schedule
+    # Hard negatives: build batches from runs of this many listings sharing an article type
+    # (0: plain shuffled batches). Retrieval is judged against candidates of the same
+    # sub-category, so training should see such look-alikes side by side.
+    group_chunk: int = 0
 
 
 def augment(pixels: torch.Tensor, gen: torch.Generator, pad: int) -> torch.Tensor:
     """Geometric augmentation only (never colour): random flip and shift on a white pad.
-    uint8 (B, 3, S, S) -> uint8 (B, 3, S, S)."""
-    b, _, s, _ = pixels.shape
+    uint8 (B, 3, S, S) -> uint8 (B, 3, S, S), on the tensor's device; the random draws
+    come from ``gen`` on the CPU, so a run is the same on any device."""
+    b, c, s, _ = pixels.shape
+    dev = pixels.device
     flip = torch.rand(b, generator=gen) < 0.5
-    pixels = torch.where(flip.view(b, 1, 1, 1), pixels.flip(-1), pixels)
-    padded = F.pad(pixels, (pad, pad, pad, pad), value=255)
     dx = torch.randint(0, 2 * pad + 1, (b,), generator=gen)
     dy = torch.randint(0, 2 * pad + 1, (b,), generator=gen)
-    return torch.stack([padded[i, :, dy[i]:dy[i] + s, dx[i]:dx[i] + s] for i in range(b)])
+    pixels = torch.where(flip.to(dev).view(b, 1, 1, 1), pixels.flip(-1), pixels)
+    padded = F.pad(pixels, (pad, pad, pad, pad), value=255)
+    ar = torch.arange(s, device=dev)
+    rows = (dy.to(dev)[:, None] + ar)[:, None, :, None]          # (B, 1, S, 1)
+    cols = (dx.to(dev)[:, None] + ar)[:, None, None, :]          # (B, 1, 1, S)
+    bi = torch.arange(b, device=dev)[:, None, None, None]
+    ci = torch.arange(c, device=dev)[None, :, None, None]
+    return padded[bi, ci, rows, cols]
+
+
+def batch_order(n: int, batch_size: int, groups: np.ndarray, chunk: int, rng: np.random.Generator) -> np.ndarray:
+    """Listing indices for one epoch. With ``chunk`` > 0 the epoch is cut into runs of up
+    to ``chunk`` listings of one group (shuffled within the group), and the runs are
+    shuffled, so each batch holds several look-alike runs; otherwise a plain permutation."""
+    if chunk <= 0:
+        return rng.permutation(n)
+    runs = []
+    for g in np.unique(groups):
+        members = rng.permutation(np.flatnonzero(groups == g))
+        runs += [members[i:i + chunk] for i in range(0, len(members), chunk)]
+    return np.concatenate([runs[i] for i in rng.permutation(len(runs))]) if runs else np.arange(0)
+
+
+def same_content(keys: np.ndarray, device: torch.device) -> torch.Tensor:
+    """(B, B) bool from (K, B) integer keys: pairs of different listings that share any key
+    (an identical title or an identical image): they are not negatives of each other."""
+    k = torch.from_numpy(np.ascontiguousarray(keys)).to(device)
+    same = (k[:, :, None] == k[:, None, :]).any(0)
+    return same & ~torch.eye(k.shape[1], dtype=torch.bool, device=device)
 
 
 def _tensors(enc: EncodedText, device: torch.device) -> tuple[torch.Tensor, ...]:
@@ -63,9 +96,12 @@ def _tensors(enc: EncodedText, device: torch.device) -> tuple[torch.Tensor, ...]
 
 
 def losses(model: DualMatcher, pixels: torch.Tensor, clean: EncodedText, corrupt: EncodedText,
-           corrupt_slot: np.ndarray, device: torch.device, opts: TrainOptions) -> dict[str, torch.Tensor]:
+           corrupt_slot: np.ndarray, device: torch.device, opts: TrainOptions,
+           duplicates: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
     """All training losses for one batch. ``corrupt_slot[i]`` is the attribute slot of
-    listing i swapped in ``corrupt`` (-1 when listing i has nothing to swap)."""
+    listing i swapped in ``corrupt`` (-1 when listing i has nothing to swap);
+    ``duplicates`` (B, B) marks pairs with the same title or image, kept out of each
+    other's negatives."""
     img_tokens, img_emb = model.encode_image(pixels)
     ids, mask, amask, avalid, avalue = _tensors(clean, device)
     cids, cmask, camask, cavalid, cavalue = _tensors(corrupt, device)
@@ -79,6 +115,9 @@ def losses(model: DualMatcher, pixels: torch.Tensor, clean: EncodedText, corrupt
     neg = c_emb[has_corrupt]
     logits_i2t = scale * img_emb @ torch.cat([txt_emb, neg]).t()          # (B, B + C)
     logits_t2i = scale * txt_emb @ img_emb.t()                              # (B, B)
+    if duplicates is not None:
+        logits_i2t = logits_i2t.masked_fill(F.pad(duplicates, (0, logits_i2t.shape[1] - b)), float("-inf"))
+        logits_t2i = logits_t2i.masked_fill(duplicates, float("-inf"))
     target = torch.arange(b, device=device)
     contrast = (F.cross_entropy(logits_i2t, target) + F.cross_entropy(logits_t2i, target)) / 2
 
@@ -107,12 +146,17 @@ def losses(model: DualMatcher, pixels: torch.Tensor, clean: EncodedText, corrupt
     return {"loss": total, "contrast": contrast, "attr_ce": attr_ce, "pos_bce": pos_bce, "neg_bce": neg_bce}
 
 
-def corrupt_batch(encoder: TextEncoder, titles: list[str], rng: np.random.Generator) -> tuple[EncodedText, np.ndarray]:
-    """Each title with one attribute swapped for a value of another group (where possible)."""
+def corrupt_batch(encoder: TextEncoder, titles: list[str], rng: np.random.Generator,
+                  parsed: list[tuple[list[str], list]] | None = None) -> tuple[EncodedText, np.ndarray]:
+    """Each title with one attribute swapped for a value of another group (where possible).
+    ``parsed`` may hold each title's (tokens, mentions), computed once ahead of time."""
     out_titles, slots, new_values = [], [], []
-    for t in titles:
-        toks = encoder.tokens(t)
-        mentions = encoder.lexicon.extract(toks)[: encoder.max_attrs]
+    for k, t in enumerate(titles):
+        if parsed is None:
+            toks = encoder.tokens(t)
+            mentions = encoder.lexicon.extract(toks)[: encoder.max_attrs]
+        else:
+            toks, mentions = parsed[k]
         hit = corrupt_attribute(toks, mentions, encoder.lexicon, rng)
         out_titles.append(t if hit is None else hit[0])
         slots.append(-1 if hit is None else hit[1])
@@ -183,6 +227,9 @@ def train(listings: Listings, cfg: ModelConfig, out: str, opts: TrainOptions, co
     """Train on ``listings`` and write a checkpoint to ``out`` after every epoch."""
     torch.manual_seed(opts.seed)
     device = torch.device(opts.device)
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
     if resume:
         ckpt = load_checkpoint(out)
         model, vocab, lexicon = ckpt.model, ckpt.vocab, ckpt.lexicon
@@ -201,6 +248,15 @@ def train(listings: Listings, cfg: ModelConfig, out: str, opts: TrainOptions, co
     extras = column_attributes(listings.take(ok), lexicon, columns)
     with_columns = np.random.default_rng([opts.seed, 7]).random(len(ok)) < 0.5
     clean_all = encoder.encode(titles, [e if w else [] for e, w in zip(extras, with_columns)])
+    kept = listings.take(ok)
+    parsed = []
+    for t in titles:
+        toks = encoder.tokens(t)
+        parsed.append((toks, encoder.lexicon.extract(toks)[: encoder.max_attrs]))
+    dup_keys = np.stack([np.unique([" ".join(encoder.tokens(t)) for t in titles], return_inverse=True)[1],
+                         np.unique([hashlib.sha1(b).digest() for b in kept.images], return_inverse=True)[1]])
+    groups = np.asarray(kept.column("article_type"), dtype=object)
+    on_device = torch.from_numpy(pixels_u8).to(device)
     log.info("decoded %d/%d images at %dpx in %.1fs", len(ok), len(listings), size, time.time() - t0)
 
     n = len(titles)
@@ -221,7 +277,7 @@ def train(listings: Listings, cfg: ModelConfig, out: str, opts: TrainOptions, co
     for epoch in range(start_epoch, min(opts.epochs, opts.stop_after or opts.epochs)):
         rng = np.random.default_rng([opts.seed, epoch])
         gen = torch.Generator().manual_seed(opts.seed * 1000 + epoch)
-        order = rng.permutation(n)
+        order = batch_order(n, opts.batch_size, groups, opts.group_chunk, rng)
         sums: dict[str, float] = {}
         t_epoch, seen = time.time(), 0
         for bi in range(steps_per_epoch):
@@ -230,11 +286,11 @@ def train(listings: Listings, cfg: ModelConfig, out: str, opts: TrainOptions, co
             clean = EncodedText(clean_all.ids[idx], clean_all.mask[idx], clean_all.attr_mask[idx],
                                 clean_all.attr_valid[idx], clean_all.attr_value[idx],
                                 [clean_all.mentions[i] for i in idx])
-            corrupt, slots = corrupt_batch(encoder, batch_titles, rng)
-            px = normalize(augment(torch.from_numpy(pixels_u8[idx]), gen, pad=max(2, size // 16))).to(device)
+            corrupt, slots = corrupt_batch(encoder, batch_titles, rng, [parsed[i] for i in idx])
+            px = normalize(augment(on_device[torch.from_numpy(idx).to(device)], gen, pad=max(2, size // 16)))
             for g in opt.param_groups:
                 g["lr"] = lr_at(step)
-            parts = losses(model, px, clean, corrupt, slots, device, opts)
+            parts = losses(model, px, clean, corrupt, slots, device, opts, same_content(dup_keys[:, idx], device))
             opt.zero_grad(set_to_none=True)
             parts["loss"].backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)

@@ -6,10 +6,10 @@ import torch
 
 from ecomatch_model.checkpoint import load_checkpoint
 from ecomatch_model.config import get_config
-from ecomatch_model.data import Listings, content_split, corrupt_attribute, swap_values
+from ecomatch_model.data import Listings, concat_listings, content_split, corrupt_attribute, swap_values
 from ecomatch_model.sample import make_listings
 from ecomatch_model.text import words
-from ecomatch_model.train import TrainOptions, augment, train
+from ecomatch_model.train import TrainOptions, augment, batch_order, same_content, train
 
 COLUMNS = {"base_colour": "colour", "article_type": "article_type"}
 
@@ -73,3 +73,57 @@ def test_corruption_swaps_to_another_group(lexicon):
         assert lexicon.group("colour", new) != "blue" and new in title
         assert "navy" not in title
     assert "blue" not in swap_values(lexicon, "colour", "navy blue")
+
+
+def test_augment_is_a_flip_and_a_shift_on_white():
+    gen = torch.Generator().manual_seed(3)
+    px = torch.randint(0, 255, (6, 3, 12, 12), dtype=torch.uint8)
+    out = augment(px, gen, pad=2)
+    # Replay the draws and cut each crop by hand.
+    gen = torch.Generator().manual_seed(3)
+    flip = torch.rand(6, generator=gen) < 0.5
+    dx = torch.randint(0, 5, (6,), generator=gen)
+    dy = torch.randint(0, 5, (6,), generator=gen)
+    for i in range(6):
+        src = px[i].flip(-1) if flip[i] else px[i]
+        padded = torch.nn.functional.pad(src, (2, 2, 2, 2), value=255)
+        assert torch.equal(out[i], padded[:, dy[i]:dy[i] + 12, dx[i]:dx[i] + 12])
+
+
+def test_batch_order_groups_runs_of_one_article_type():
+    groups = np.array(["shirt"] * 70 + ["shoe"] * 50 + ["watch"] * 9, dtype=object)
+    order = batch_order(len(groups), 32, groups, 16, np.random.default_rng(0))
+    assert sorted(order.tolist()) == list(range(len(groups)))    # every listing once per epoch
+    # Cut back into runs at group changes: no run is longer than the chunk.
+    runs, start = [], 0
+    for k in range(1, len(order) + 1):
+        if k == len(order) or groups[order[k]] != groups[order[k - 1]]:
+            runs.append(k - start)
+            start = k
+    assert max(runs) <= 16 * 2          # two neighbouring runs of one group can touch
+    assert np.mean(runs) > 8            # mostly runs, not a plain shuffle
+    plain = batch_order(len(groups), 32, groups, 0, np.random.default_rng(0))
+    assert sorted(plain.tolist()) == list(range(len(groups)))
+
+
+def test_same_content_marks_duplicate_titles_and_images_not_the_diagonal():
+    keys = np.array([[0, 1, 0, 2], [5, 6, 7, 6]])      # titles 0 and 2 equal; images 1 and 3 equal
+    same = same_content(keys, torch.device("cpu"))
+    expect = torch.zeros(4, 4, dtype=torch.bool)
+    expect[0, 2] = expect[2, 0] = expect[1, 3] = expect[3, 1] = True
+    assert torch.equal(same, expect)
+
+
+def test_concat_listings_fills_missing_columns():
+    a = Listings(["a"], ["A t"], [b"1"], {"base_colour": ["Red"]})
+    b = Listings(["b", "c"], ["B t", "C t"], [b"2", b"3"], {"pattern": ["striped", "solid"]})
+    both = concat_listings([a, b])
+    assert both.ids == ["a", "b", "c"] and both.images == [b"1", b"2", b"3"]
+    assert both.column("base_colour") == ["Red", "", ""] and both.column("pattern") == ["", "striped", "solid"]
+
+
+def test_hard_negative_batches_train(listings, tmp_path):
+    opts = TrainOptions(epochs=2, batch_size=32, lr=2e-3, warmup_steps=2, log_every=1000, group_chunk=8)
+    train(listings, get_config("tiny"), str(tmp_path / "g"), opts, COLUMNS)
+    log = _log(tmp_path / "g")
+    assert [r["epoch"] for r in log] == [1, 2] and all(np.isfinite(r["loss"]) for r in log)
