@@ -90,7 +90,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     log.info("%d listings: %d train, %d validation", len(listings), len(train_set), len(val_set))
     cfg = apply_overrides(get_config(args.config), args.set)
     opts = TrainOptions(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
-                        device=args.device, stop_after=args.stop_after, group_chunk=args.group_chunk)
+                        device=args.device, stop_after=args.stop_after, group_chunk=args.group_chunk,
+                        time_budget=args.time_budget)
     t0 = time.time()
     data = ", ".join(f"`{d}`" for d in args.data)
     body = (f"Command: `{_command_line()}`\n\nData: {data}: {len(train_set)} training and "
@@ -140,6 +141,8 @@ def _add_split_args(s: argparse.ArgumentParser) -> None:
     s.add_argument("--split", choices=["all", "train", "val"], default="all",
                    help="use only this side of the training split (by image content)")
     s.add_argument("--val-fraction", type=float, default=0.1)
+    s.add_argument("--time-budget", type=float, default=None, metavar="SECONDS",
+                   help="shrink the epoch plan to what fits in this many seconds (the schedule follows)")
     s.add_argument("--group-chunk", type=int, default=0,
                    help="hard negatives: batches made of runs of N listings of one article type (0: off)")
     s.add_argument("--split-seed", type=int, default=0)
@@ -240,6 +243,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--limit", type=int, default=None, help="read at most this many listings")
     s.add_argument("--val-fraction", type=float, default=0.1)
+    s.add_argument("--time-budget", type=float, default=None, metavar="SECONDS",
+                   help="shrink the epoch plan to what fits in this many seconds (the schedule follows)")
     s.add_argument("--group-chunk", type=int, default=0,
                    help="hard negatives: batches made of runs of N listings of one article type (0: off)")
     s.add_argument("--precision", type=float, default=0.9, help="calibration target on the validation split")

@@ -48,12 +48,18 @@ class TrainOptions:
     # (0: plain shuffled batches). Retrieval is judged against candidates of the same
     # sub-category, so training should see such look-alikes side by side.
     group_chunk: int = 0
+    # Wall-clock budget in seconds for the epochs (None: no limit). After each epoch the
+    # plan shrinks to the epochs that fit at the pace so far, and the learning-rate decay
+    # follows the new plan, so a time-boxed run still ends annealed (not bit-reproducible
+    # across machines; the planned epochs are in train_log.jsonl).
+    time_budget: float | None = None
 
 
-def augment(pixels: torch.Tensor, gen: torch.Generator, pad: int) -> torch.Tensor:
+def augment(pixels: torch.Tensor, gen: torch.Generator, pad: int, gather: bool | None = None) -> torch.Tensor:
     """Geometric augmentation only (never colour): random flip and shift on a white pad.
     uint8 (B, 3, S, S) -> uint8 (B, 3, S, S), on the tensor's device; the random draws
-    come from ``gen`` on the CPU, so a run is the same on any device."""
+    come from ``gen`` on the CPU, so a run is the same on any device. The crops are cut
+    by one gather (``gather``, the default off the CPU) or by slicing (faster on the CPU)."""
     b, c, s, _ = pixels.shape
     dev = pixels.device
     flip = torch.rand(b, generator=gen) < 0.5
@@ -61,6 +67,8 @@ def augment(pixels: torch.Tensor, gen: torch.Generator, pad: int) -> torch.Tenso
     dy = torch.randint(0, 2 * pad + 1, (b,), generator=gen)
     pixels = torch.where(flip.to(dev).view(b, 1, 1, 1), pixels.flip(-1), pixels)
     padded = F.pad(pixels, (pad, pad, pad, pad), value=255)
+    if not (dev.type != "cpu" if gather is None else gather):
+        return torch.stack([padded[i, :, dy[i]:dy[i] + s, dx[i]:dx[i] + s] for i in range(b)])
     ar = torch.arange(s, device=dev)
     rows = (dy.to(dev)[:, None] + ar)[:, None, :, None]          # (B, 1, S, 1)
     cols = (dx.to(dev)[:, None] + ar)[:, None, None, :]          # (B, 1, 1, S)
@@ -261,7 +269,8 @@ def train(listings: Listings, cfg: ModelConfig, out: str, opts: TrainOptions, co
 
     n = len(titles)
     steps_per_epoch = max(1, n // opts.batch_size)
-    total_steps = steps_per_epoch * opts.epochs
+    planned = opts.epochs
+    total_steps = steps_per_epoch * planned
     opt = torch.optim.AdamW(_param_groups(model, opts.weight_decay), lr=opts.lr, betas=(0.9, 0.98))
     start_epoch, step = (_load_state(out, opt) if resume else (0, 0))
 
@@ -274,7 +283,9 @@ def train(listings: Listings, cfg: ModelConfig, out: str, opts: TrainOptions, co
     ckpt = Checkpoint(model, vocab, lexicon, {}, card)
     log_path = os.path.join(out, "train_log.jsonl")
     os.makedirs(out, exist_ok=True)
-    for epoch in range(start_epoch, min(opts.epochs, opts.stop_after or opts.epochs)):
+    t_train = time.time()
+    epoch = start_epoch
+    while epoch < min(planned, opts.stop_after or planned):
         rng = np.random.default_rng([opts.seed, epoch])
         gen = torch.Generator().manual_seed(opts.seed * 1000 + epoch)
         order = batch_order(n, opts.batch_size, groups, opts.group_chunk, rng)
@@ -305,7 +316,7 @@ def train(listings: Listings, cfg: ModelConfig, out: str, opts: TrainOptions, co
                          "%.0f listings/s", epoch + 1, bi + 1, steps_per_epoch, sums["loss"] / (bi + 1),
                          sums["contrast"] / (bi + 1), sums["attr_ce"] / (bi + 1), sums["pos_bce"] / (bi + 1),
                          sums["neg_bce"] / (bi + 1), rate)
-        record = {"epoch": epoch + 1, "step": step, "seconds": round(time.time() - t_epoch, 2),
+        record = {"epoch": epoch + 1, "planned_epochs": planned, "step": step, "seconds": round(time.time() - t_epoch, 2),
                   "listings_per_s": round(seen / max(1e-9, time.time() - t_epoch), 1),
                   **{k: round(v / steps_per_epoch, 5) for k, v in sums.items()}}
         with open(log_path, "a") as f:
@@ -314,6 +325,14 @@ def train(listings: Listings, cfg: ModelConfig, out: str, opts: TrainOptions, co
         save(ckpt, out)
         _save_state(out, opt, epoch + 1, step)
         model.train()
+        epoch += 1
+        if opts.time_budget is not None:
+            pace = (time.time() - t_train) / (epoch - start_epoch)
+            fit = epoch + int(max(0.0, opts.time_budget - (time.time() - t_train)) / pace)
+            if fit < planned:
+                planned = max(epoch, fit)
+                total_steps = steps_per_epoch * planned
+                log.info("time budget %.0f s: the plan shrinks to %d epochs", opts.time_budget, planned)
     model.eval()
     return ckpt
 

@@ -2,7 +2,8 @@
 # Train the shipped default model (`base` config) on a GPU machine that has torch but not
 # this project installed: the real catalogue listings plus a synthetic catalogue rendered
 # here (so the bundled synthetic sample_data/ is in-domain too), with hard-negative batches.
-# An r=1 (no compression) run with the same recipe trains beside it for the ablation.
+# Two ablation runs train beside it with the same recipe: r=1 (no compression) and plain
+# shuffled batches (no hard negatives).
 # Each run is time-boxed; the checkpoint written after every epoch survives a timeout.
 # Outputs are packed into OUT as tar parts of at most 15 MB.
 # Usage: scripts/gpu_train_default.sh OUT EPOCHS REAL_GLOB [REAL_GLOB...]
@@ -29,14 +30,17 @@ run() {  # name extra-args...
   local name="$1"; shift
   local t0=$SECONDS
   OMP_NUM_THREADS=4 timeout "$seconds" "$py" -m ecomatch_model.cli train "${data[@]}" --config base \
-    --out "$work/$name" --epochs "$epochs" --batch-size 256 --lr 1e-3 --group-chunk 32 --device "$device" ${LIMIT:+--limit $LIMIT} \
+    --out "$work/$name" --epochs "$epochs" --batch-size 256 --lr 1e-3 --device "$device" ${LIMIT:+--limit $LIMIT} \
+    --time-budget $((seconds - 75)) \
     "$@" > "$work/$name.log" 2>&1
   echo "$name: exit $? after $((SECONDS - t0)) s"
   grep -vE "step [0-9]+/[0-9]+ loss" "$work/$name.log" | tail -12
+  tail -n 2 "$work/$name/train_log.jsonl"
 }
-run default &
-run default-r1 --set compression=1 &
+run default --group-chunk 32 &
+run default-r1 --group-chunk 32 --set compression=1 &
+run default-shuffled &
 wait
-cd "$work" && tar cf - --exclude=train_state default default-r1 default.log default-r1.log \
+cd "$work" && tar cf - --exclude=train_state default* \
   | split -b 15m - "$out/runs.tar.part-"
 ls -la "$out"

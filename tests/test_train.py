@@ -75,10 +75,11 @@ def test_corruption_swaps_to_another_group(lexicon):
     assert "blue" not in swap_values(lexicon, "colour", "navy blue")
 
 
-def test_augment_is_a_flip_and_a_shift_on_white():
+@pytest.mark.parametrize("gather", [False, True])
+def test_augment_is_a_flip_and_a_shift_on_white(gather):
     gen = torch.Generator().manual_seed(3)
     px = torch.randint(0, 255, (6, 3, 12, 12), dtype=torch.uint8)
-    out = augment(px, gen, pad=2)
+    out = augment(px, gen, pad=2, gather=gather)
     # Replay the draws and cut each crop by hand.
     gen = torch.Generator().manual_seed(3)
     flip = torch.rand(6, generator=gen) < 0.5
@@ -127,3 +128,11 @@ def test_hard_negative_batches_train(listings, tmp_path):
     train(listings, get_config("tiny"), str(tmp_path / "g"), opts, COLUMNS)
     log = _log(tmp_path / "g")
     assert [r["epoch"] for r in log] == [1, 2] and all(np.isfinite(r["loss"]) for r in log)
+
+
+def test_time_budget_shrinks_the_plan(listings, tmp_path):
+    opts = TrainOptions(epochs=50, batch_size=32, lr=2e-3, warmup_steps=2, log_every=1000, time_budget=0.0)
+    train(listings, get_config("tiny"), str(tmp_path / "t"), opts, COLUMNS)
+    log = _log(tmp_path / "t")
+    # No time at all: the plan shrinks to the one epoch already run.
+    assert [r["epoch"] for r in log] == [1] and log[0]["planned_epochs"] == 50
