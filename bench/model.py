@@ -1,10 +1,15 @@
 """Forward throughput of the model configs: listings/s (median of repeats), peak memory,
-GFLOP per listing and achieved GFLOP/s. Runs on the CPU here and on CUDA where present
-(fp32 and bf16 autocast; --compile adds torch.compile). Needs only torch and this
-package's model code (no Beam). Prints a table and writes JSON.
+GFLOP per listing, achieved TFLOP/s and its share of a matrix-product ceiling measured in
+the same run. Runs on the CPU here and on CUDA where present (modes fp32, bf16 autocast,
+and bf16 under torch.compile with --compile). Needs only torch and this package's model
+code (no Beam). Prints a table and writes JSON.
 
     python bench/model.py --configs tiny base --batch-sizes 1 32 128 --json bench/model.json
     python bench/model.py --model ecomatch_model/models/default   # a trained checkpoint
+    python bench/model.py --configs paper base --prune --batch-sizes 64 256 1024 --compile   # GPU
+
+On CUDA each measurement is timed with CUDA events around ``iters`` forwards (``iters``
+chosen after warm-up so a repeat lasts about --min-seconds); on the CPU with the wall clock.
 """
 from __future__ import annotations
 
@@ -16,6 +21,7 @@ import statistics
 import sys
 import time
 from pathlib import Path
+from typing import Callable
 
 import torch
 
@@ -24,7 +30,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from ecomatch_model.checkpoint import build_model, load_checkpoint  # noqa: E402
 from ecomatch_model.cli import gflops_per_listing  # noqa: E402
 from ecomatch_model.config import get_config  # noqa: E402
+from ecomatch_model.prune import prune_model  # noqa: E402
 from ecomatch_model.text import Lexicon, Vocabulary  # noqa: E402
+
+MODES = ("fp32", "bf16", "bf16+compile")
 
 
 def make_inputs(model, batch: int, device: torch.device):
@@ -42,74 +51,144 @@ def make_inputs(model, batch: int, device: torch.device):
     return [t.to(device) for t in (pixels, ids, mask, attr_mask, valid, value)]
 
 
-def time_forward(model, inputs, dtype: str, repeats: int, min_seconds: float) -> list[float]:
-    device = inputs[0].device
-    ctx = (torch.autocast(device.type, dtype=torch.bfloat16) if dtype == "bf16"
-           else torch.autocast(device.type, enabled=False))
-    rates = []
-    with torch.inference_mode(), ctx:
-        model(*inputs)  # warm-up (and compile)
+def autocast(device: torch.device, dtype: str):
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=dtype.startswith("bf16"))
+
+
+def repeat_rates(fn: Callable[[], object], per_call: int, device: torch.device, repeats: int,
+                 min_seconds: float, warmup: int = 3) -> list[float]:
+    """Items/s of ``fn`` (``per_call`` items each), one rate per repeat; on CUDA timed with
+    events around a calibrated number of calls, on the CPU with the wall clock."""
+    for _ in range(warmup):
+        fn()
+    if device.type != "cuda":
+        rates = []
         for _ in range(repeats):
             n, t0 = 0, time.perf_counter()
             while True:
-                model(*inputs)
+                fn()
                 n += 1
-                if device.type == "cuda":
-                    torch.cuda.synchronize()
                 if time.perf_counter() - t0 >= min_seconds:
                     break
-            rates.append(n * inputs[0].shape[0] / (time.perf_counter() - t0))
+            rates.append(n * per_call / (time.perf_counter() - t0))
+        return rates
+    torch.cuda.synchronize(device)
+    t0 = time.perf_counter()
+    fn()
+    torch.cuda.synchronize(device)
+    iters = max(1, int(min_seconds / max(time.perf_counter() - t0, 1e-6)))
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    rates = []
+    for _ in range(repeats):
+        start.record()
+        for _ in range(iters):
+            fn()
+        end.record()
+        end.synchronize()
+        rates.append(iters * per_call / (start.elapsed_time(end) / 1e3))
     return rates
+
+
+def time_forward(model, inputs, dtype: str, repeats: int, min_seconds: float) -> list[float]:
+    """Listings/s of ``model(*inputs)`` under ``dtype`` ("fp32", or "bf16" autocast), one per repeat."""
+    device = inputs[0].device
+    with torch.inference_mode(), autocast(device, dtype):
+        return repeat_rates(lambda: model(*inputs), inputs[0].shape[0], device, repeats, min_seconds)
+
+
+def matmul_ceiling(device: torch.device, dtype: str, n: int, repeats: int = 3, min_seconds: float = 0.3) -> float:
+    """TFLOP/s of an n x n x n matrix product in ``dtype`` (bf16 or fp32 operands): the
+    ceiling the model's dense work is compared with."""
+    dt = torch.bfloat16 if dtype.startswith("bf16") else torch.float32
+    a = torch.randn(n, n, device=device, dtype=dt)
+    b = torch.randn(n, n, device=device, dtype=dt)
+    with torch.inference_mode():
+        rates = repeat_rates(lambda: a @ b, 1, device, repeats, min_seconds)
+    return statistics.median(rates) * 2 * n ** 3 / 1e12
+
+
+def config_model(name: str, prune: bool):
+    cfg = get_config(name)
+    model = build_model(cfg, Vocabulary([], n_buckets=cfg.text.vocab_size - 1), Lexicon.from_seeds())
+    if prune and not cfg.pruned:
+        return f"{name} (random, {cfg.prune_ratio:.0%} pruned)", prune_model(model.eval())
+    return f"{name} (random)", model
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--configs", nargs="*", default=["tiny", "base"])
     p.add_argument("--model", action="append", default=[], help="checkpoint directory (repeatable)")
+    p.add_argument("--prune", action="store_true", help="prune the --configs models by their prune_ratio first")
     p.add_argument("--batch-sizes", nargs="*", type=int, default=[1, 32, 128])
-    p.add_argument("--dtypes", nargs="*", default=None, help="fp32 bf16 (default: fp32 on CPU, both on CUDA)")
+    p.add_argument("--dtypes", nargs="*", default=None, choices=MODES,
+                   help="modes to run (default: fp32 on CPU, fp32 and bf16 on CUDA; --compile adds bf16+compile)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--compile", action="store_true")
+    p.add_argument("--compile", action="store_true", help="add the bf16+compile mode")
+    p.add_argument("--compile-batch-sizes", nargs="*", type=int, default=None,
+                   help="batch sizes for bf16+compile (default: --batch-sizes; each size compiles once)")
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--min-seconds", type=float, default=1.0)
+    p.add_argument("--matmul-n", type=int, default=None, help="ceiling matmul size (default 8192 CUDA, 1024 CPU)")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--json", default=None)
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
-    dtypes = args.dtypes or (["fp32", "bf16"] if device.type == "cuda" else ["fp32"])
-    models = [(name, build_model(get_config(name), Vocabulary([], n_buckets=get_config(name).text.vocab_size - 1),
-                                 Lexicon.from_seeds())) for name in args.configs]
+    cuda = device.type == "cuda"
+    modes = list(args.dtypes or (["fp32", "bf16"] if cuda else ["fp32"]))
+    if args.compile and "bf16+compile" not in modes:
+        modes.append("bf16+compile")
+    n = args.matmul_n or (8192 if cuda else 1024)
+    ceilings = {d: round(matmul_ceiling(device, d, n), 2) for d in sorted({m.split("+")[0] for m in modes})}
+    models = [config_model(name, args.prune) for name in args.configs]
     models += [(path, load_checkpoint(path).model) for path in args.model]
     rows = []
     for name, model in models:
         gflop = gflops_per_listing(model)
         model = model.to(device).eval()
-        run = torch.compile(model) if args.compile else model
-        for dtype in dtypes:
-            for batch in args.batch_sizes:
-                if device.type == "cuda":
-                    torch.cuda.reset_peak_memory_stats()
-                rates = time_forward(run, make_inputs(model, batch, device), dtype, args.repeats, args.min_seconds)
+        for mode in modes:
+            compiled = mode.endswith("+compile")
+            run = torch.compile(model, dynamic=False) if compiled else model
+            for batch in (args.compile_batch_sizes or args.batch_sizes) if compiled else args.batch_sizes:
+                if cuda:
+                    torch.cuda.empty_cache()
+                    torch.cuda.reset_peak_memory_stats(device)
+                t0 = time.perf_counter()
+                try:
+                    rates = time_forward(run, make_inputs(model, batch, device), mode, args.repeats, args.min_seconds)
+                except torch.OutOfMemoryError:
+                    print(f"{name} {mode} batch {batch}: out of memory", file=sys.stderr)
+                    continue
                 med = statistics.median(rates)
-                peak = (torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda"
+                peak = (torch.cuda.max_memory_allocated(device) / 2**20 if cuda
                         else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
-                rows.append({"model": name, "device": str(device), "dtype": dtype, "compile": args.compile,
+                tflops = med * gflop / 1e3
+                rows.append({"model": name, "device": str(device), "dtype": mode, "compile": compiled,
                              "batch": batch, "listings_per_s": round(med, 1),
                              "min_max": [round(min(rates), 1), round(max(rates), 1)],
                              "gflop_per_listing": round(gflop, 4), "achieved_gflop_s": round(med * gflop, 1),
-                             "peak_mib": round(peak, 1)})
-    print(f"{'model':<34} {'device':<6} {'dtype':<5} {'batch':>5} {'listings/s':>11} {'(min-max)':>17} "
-          f"{'GFLOP/l':>8} {'GFLOP/s':>8} {'peak MiB':>9}")
-    for r in rows:
-        print(f"{r['model']:<34} {r['device']:<6} {r['dtype']:<5} {r['batch']:>5} {r['listings_per_s']:>11.1f} "
-              f"{str(r['min_max']):>17} {r['gflop_per_listing']:>8.3f} {r['achieved_gflop_s']:>8.1f} {r['peak_mib']:>9.0f}")
+                             "achieved_tflop_s": round(tflops, 3),
+                             "ceiling_tflop_s": ceilings[mode.split("+")[0]],
+                             "share_of_ceiling": round(tflops / ceilings[mode.split("+")[0]], 4),
+                             "peak_mib": round(peak, 1), "seconds": round(time.perf_counter() - t0, 1)})
+                print(f"  {name} {mode} batch {batch}: {med:.1f} listings/s", file=sys.stderr, flush=True)
+    gpu = torch.cuda.get_device_name(device) if cuda else ""
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {platform.processor() or platform.machine()}"
-          + (f", {torch.cuda.get_device_name()}" if device.type == "cuda" else ""))
+          + (f", {gpu}, CUDA {torch.version.cuda}" if cuda else ""))
+    print("matmul ceiling (" + f"{n}^3): " + ", ".join(f"{d} {t:.1f} TFLOP/s" for d, t in ceilings.items()))
+    print(f"{'model':<34} {'device':<6} {'mode':<12} {'batch':>5} {'listings/s':>11} {'(min-max)':>19} "
+          f"{'GFLOP/l':>8} {'TFLOP/s':>8} {'ceiling':>7} {'peak MiB':>9}")
+    for r in rows:
+        print(f"{r['model']:<34} {r['device']:<6} {r['dtype']:<12} {r['batch']:>5} {r['listings_per_s']:>11.1f} "
+              f"{str(r['min_max']):>19} {r['gflop_per_listing']:>8.3f} {r['achieved_tflop_s']:>8.3f} "
+              f"{r['share_of_ceiling']:>7.1%} {r['peak_mib']:>9.0f}")
     if args.json:
         Path(args.json).write_text(json.dumps({"torch": torch.__version__, "threads": torch.get_num_threads(),
-                                               "rows": rows}, indent=1) + "\n")
+                                               "device": gpu or platform.machine(), "cuda": torch.version.cuda,
+                                               "matmul_n": n, "ceilings_tflop_s": ceilings, "rows": rows},
+                                              indent=1) + "\n")
     return 0
 
 

@@ -6,7 +6,7 @@ multi_processing) over the input, optionally repeated K times to show that peak 
 does not grow with the input. Prints a table (listings/s, peak RSS of the scan's processes,
 ratio to raw forward) and writes JSON. Peak RSS is that of the scan's largest process.
 
-    python bench/scan.py --data '../shared/data/fashion-small/60x80/*.parquet' --model base \\
+    python bench/scan.py --data '../shared/data/fashion-small/60x80/*.parquet' --model default \\
         --repeat 1 3 --workers 1 2 --json bench/scan.json
 """
 from __future__ import annotations
@@ -66,7 +66,7 @@ def run_scan(pattern: str, model: str, workers: int, batch: int, out: Path) -> d
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--data", required=True)
-    p.add_argument("--model", default="base")
+    p.add_argument("--model", default="default")
     p.add_argument("--workers", nargs="*", type=int, default=[1, 2])
     p.add_argument("--repeat", nargs="*", type=int, default=[1])
     p.add_argument("--batch-size", type=int, default=64)

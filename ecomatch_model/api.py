@@ -1,4 +1,14 @@
-"""Python API: ``load()`` a checkpoint and score listings with a :class:`Matcher`."""
+"""Python API: ``load()`` a checkpoint and score listings with a :class:`Matcher`.
+
+On CUDA a Matcher takes the fast path by itself: bf16 autocast (scores come back as
+float32), batches of ``GPU_BATCH_SIZE``, inputs copied from pinned memory on a side stream
+so one batch's copy overlaps another's compute, uint8 pixels normalised on the device,
+and, when asked (``gpu_decode=True``), :meth:`Matcher.score` decoding JPEGs in batches on
+the GPU (``decode_batch``). GPU decode is off by default: on an H100 its scores differed from
+the Pillow path's by up to 0.18 (mean 0.002) on real listings, over the 0.08 tolerance.
+``compile=True`` adds ``torch.compile``. On the CPU nothing changes unless asked
+(``precision="bf16"`` works there too, which is how the tests check its tolerance).
+"""
 from __future__ import annotations
 
 import logging
@@ -12,7 +22,7 @@ import torch
 
 from .checkpoint import Checkpoint, load_checkpoint
 from .model import MatchOutput
-from .preprocess import ImageInput, preprocess
+from .preprocess import ImageInput, decode_batch, normalize, preprocess
 from .text import EncodedText, TextEncoder
 
 log = logging.getLogger(__name__)
@@ -20,6 +30,9 @@ log = logging.getLogger(__name__)
 MODELS_DIR = Path(__file__).resolve().parent / "models"
 DEFAULT_ATTR_THRESHOLD = 0.5
 DEFAULT_MATCH_THRESHOLD = 0.0
+CPU_BATCH_SIZE = 64
+GPU_BATCH_SIZE = 512            # paper at 224x224 in bf16 needs about 10 GiB of activations here
+PRECISIONS = ("fp32", "bf16")
 
 
 @dataclass
@@ -95,14 +108,36 @@ def pick_device(device: str | None = None) -> torch.device:
     return torch.device("cpu")
 
 
+def to_device(arrays: Sequence[np.ndarray | torch.Tensor], device: torch.device) -> list[torch.Tensor]:
+    """Host arrays -> tensors on ``device`` (a tensor already there is kept). On CUDA each is
+    staged in pinned memory and copied without blocking on a side stream that the current
+    stream then waits for, so a batch's copy overlaps the compute of the batch before it
+    (the shared model serves several worker processes at once)."""
+    host = [torch.from_numpy(a) if isinstance(a, np.ndarray) else a for a in arrays]
+    if device.type != "cuda":
+        return [t.to(device) for t in host]
+    compute, side = torch.cuda.current_stream(device), torch.cuda.Stream(device)
+    with torch.cuda.stream(side):
+        out = [t.pin_memory().to(device, non_blocking=True) if t.device.type == "cpu" else t.to(device)
+               for t in host]
+    compute.wait_stream(side)
+    for t in out:
+        t.record_stream(compute)      # allocated on the side stream, used on the compute stream
+    return out
+
+
 class Matcher:
     """Scores listings (image + title) with a loaded checkpoint.
 
     ``score(images, titles)`` returns one :class:`ListingScore` per listing;
     ``embed_images`` / ``embed_texts`` return L2-normalised (B, E) numpy arrays.
+    ``batch_size`` defaults to ``GPU_BATCH_SIZE`` on CUDA, else ``CPU_BATCH_SIZE``;
+    ``precision`` ("fp32" or "bf16" autocast) defaults to bf16 on CUDA, else fp32;
+    ``compile`` runs the forward through ``torch.compile``.
     """
 
-    def __init__(self, ckpt: Checkpoint, name: str = "", device: str | None = None, batch_size: int = 64):
+    def __init__(self, ckpt: Checkpoint, name: str = "", device: str | None = None, batch_size: int | None = None,
+                 *, precision: str | None = None, compile: bool = False, gpu_decode: bool = False):
         self.ckpt = ckpt
         self.name = name
         self.device = pick_device(device)
@@ -111,7 +146,13 @@ class Matcher:
         self.lexicon = ckpt.lexicon
         self.text_encoder = TextEncoder(ckpt.vocab, ckpt.lexicon, self.cfg.text.max_len, self.cfg.max_attrs)
         self.thresholds = dict(ckpt.thresholds)
-        self.batch_size = batch_size
+        cuda = self.device.type == "cuda"
+        self.batch_size = batch_size or (GPU_BATCH_SIZE if cuda else CPU_BATCH_SIZE)
+        self.precision = precision or ("bf16" if cuda else "fp32")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
+        self._compiled = torch.compile(self.model) if compile else None
+        self.gpu_decode = gpu_decode
 
     @property
     def image_size(self) -> int:
@@ -132,11 +173,16 @@ class Matcher:
 
     @torch.inference_mode()
     def forward(self, pixels: torch.Tensor, enc: EncodedText) -> MatchOutput:
-        """One fixed-shape batch through the model (pixels already normalised)."""
-        dev = self.device
-        return self.model(pixels.to(dev), torch.from_numpy(enc.ids).to(dev), torch.from_numpy(enc.mask).to(dev),
-                          torch.from_numpy(enc.attr_mask).to(dev), torch.from_numpy(enc.attr_valid).to(dev),
-                          torch.from_numpy(enc.attr_value).to(dev))
+        """One fixed-shape batch through the model. ``pixels`` (B, 3, S, S): float already
+        normalised, or uint8, sent as such and normalised on the device (4x fewer bytes to
+        copy). Outputs are float32 whatever the precision."""
+        inputs = to_device([pixels, enc.ids, enc.mask, enc.attr_mask, enc.attr_valid, enc.attr_value], self.device)
+        if inputs[0].dtype == torch.uint8:
+            inputs[0] = normalize(inputs[0])
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.precision == "bf16"):
+            out = (self.model if self._compiled is None else self._compiled)(*inputs)
+        return MatchOutput(*(t.float() for t in (out.image_embed, out.text_embed, out.match, out.attr_logits,
+                                                 out.attr_score, out.attention)))
 
     def results(self, out: MatchOutput, enc: EncodedText) -> list[ListingScore]:
         """Turn a batch's model output into per-listing scores with suggestions."""
@@ -160,6 +206,13 @@ class Matcher:
             listings.append(ListingScore(float(match[i]), self.threshold("match"), attrs))
         return listings
 
+    def pixels(self, images: Sequence[ImageInput]) -> torch.Tensor:
+        """Images -> model input: with ``gpu_decode`` on CUDA (B, 3, S, S) uint8 decoded in a
+        batch on the GPU (Pillow for what nvJPEG does not take), else float32 normalised on the CPU."""
+        if self.device.type == "cuda" and self.gpu_decode:
+            return decode_batch(images, self.image_size, self.device)
+        return preprocess(images, self.image_size)
+
     # ------------------------------------------------------------------ public API
     def score(self, images: Sequence[ImageInput], titles: Sequence[str],
               attributes: Sequence[Sequence[tuple[str, str]]] | None = None) -> list[ListingScore]:
@@ -171,7 +224,7 @@ class Matcher:
         for s in range(0, len(titles), self.batch_size):
             sl = slice(s, s + self.batch_size)
             enc = self.encode_texts(titles[sl], attributes[sl] if attributes is not None else None)
-            out.extend(self.results(self.forward(preprocess(images[sl], self.image_size), enc), enc))
+            out.extend(self.results(self.forward(self.pixels(images[sl]), enc), enc))
         return out
 
     @torch.inference_mode()
@@ -192,7 +245,10 @@ class Matcher:
         return np.concatenate(chunks) if chunks else np.zeros((0, self.cfg.embed_dim), np.float32)
 
 
-def load(path_or_name: str = "default", device: str | None = None, batch_size: int = 64) -> Matcher:
-    """Load a checkpoint (bundled name, local directory or fsspec URL such as ``gs://``)."""
+def load(path_or_name: str = "default", device: str | None = None, batch_size: int | None = None,
+         *, precision: str | None = None, compile: bool = False, gpu_decode: bool = False) -> Matcher:
+    """Load a checkpoint (bundled name, local directory or fsspec URL such as ``gs://``);
+    the keywords are :class:`Matcher`'s."""
     location = resolve_model_path(path_or_name)
-    return Matcher(load_checkpoint(location), name=path_or_name, device=device, batch_size=batch_size)
+    return Matcher(load_checkpoint(location), name=path_or_name, device=device, batch_size=batch_size,
+                   precision=precision, compile=compile, gpu_decode=gpu_decode)

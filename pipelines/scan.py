@@ -22,9 +22,10 @@ Outputs under PREFIX (full schemas in ``transforms/reports.py``):
   attributes (kind, value, score, threshold, suggested_value, suggested_score);
 - ``errors/*.parquet``: listing_id, source, stage, error_type, message;
 - ``summary.json``: counts, model, thresholds, input, runner, times, listings per second;
-- ``report.html``: a self-contained page for reviewers, written after the job from the
-  outputs above: the ``--report-top`` most severe violations with attention heatmaps
-  (``transforms/html_report.py``).
+- ``report.html``: a self-contained page for reviewers, written by the job's last step
+  (``WriteHtmlReport``, on a worker, on every runner) from the outputs above once
+  ``summary.json`` is final: the ``--report-top`` most severe violations with attention
+  heatmaps (``transforms/html_report.py``).
 
 A rerun to the same PREFIX replaces the previous outputs. Before any work the job checks
 the model, the thresholds file, the attribute-column mapping and every input file's
@@ -54,7 +55,7 @@ from ecomatch_model.data import parse_attribute_columns
 from transforms.decode import DecodeListings, ListingDecoder
 from transforms.errors import redact
 from transforms.flag import MATCH, FlagViolations
-from transforms.html_report import DEFAULT_TOP, write_report
+from transforms.html_report import DEFAULT_TOP, WriteHtmlReport
 from transforms.listings import InputSchemaError, ReadListings, UnreadableInputError, survey_input
 from transforms.reports import (ERRORS, REMOVED, REPORT, SCORES, SUMMARY, VIOLATIONS, ScanInfo, WriteReports,
                                 clear_outputs, read_summary)
@@ -85,7 +86,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help="structured columns checked against the image, column=kind,... "
                         "(default: base_colour=colour,article_type=article_type,pattern=pattern,"
                         "material=material,gender=gender; absent columns are skipped)")
-    p.add_argument("--batch-size", type=int, default=64, help="listings per forward pass (default: %(default)s)")
+    p.add_argument("--batch-size", type=int, default=None,
+                   help="listings per forward pass (default: 512 when scoring on CUDA, else 64)")
+    p.add_argument("--device", default=None, choices=["cuda", "cpu"],
+                   help="scoring device on the workers (default: CUDA where present, else the CPU)")
+    p.add_argument("--precision", default=None, choices=["fp32", "bf16"],
+                   help="scoring precision (default: bf16 autocast on CUDA, fp32 on the CPU; bf16 moves scores "
+                        "by up to about 0.05 and flips about 1%% of verdicts near a threshold, so use fp32 to "
+                        "reproduce CPU verdicts exactly)")
+    p.add_argument("--compile", action="store_true", help="run the model through torch.compile on the workers")
     p.add_argument("--skip-bad-files", action="store_true",
                    help="report an input file that is not Parquet or has the wrong schema, or a row group that "
                         "cannot be read, in errors/ and scan the rest (default: stop the job, naming the file)")
@@ -161,7 +170,7 @@ def run(argv: Sequence[str] | None = None, save_main_session: bool = True,
     ``FileNotFoundError`` before any work when an argument or an input file is unusable,
     and ``UnreadableInputError`` when a row group cannot be read (unless ``--skip-bad-files``)."""
     args, beam_args = build_parser().parse_known_args(argv)
-    if args.batch_size < 1 or (args.model_copies is not None and args.model_copies < 1):
+    if (args.batch_size is not None and args.batch_size < 1) or (args.model_copies is not None and args.model_copies < 1):
         raise ScanConfigError("--batch-size and --model-copies must be at least 1")
     if args.report_top < 0:
         raise ScanConfigError("--report-top must be at least 0")
@@ -204,21 +213,24 @@ def run(argv: Sequence[str] | None = None, save_main_session: bool = True,
                                  else (listings, None, None))
     decoded, decode_errors = changed | "DecodeListings" >> DecodeListings(decoder)
     handler = EcomatchModelHandler(args.model, thresholds, args.batch_size, args.model_copies,
-                                   args.torch_threads or local_worker_threads(options))
+                                   args.torch_threads or local_worker_threads(options), device=args.device,
+                                   precision=args.precision, compile=args.compile)
     scored, score_errors = decoded | "ScoreListings" >> ScoreListings(handler)
     verdicts = scored | "FlagViolations" >> FlagViolations()
     if previous:
         verdicts = (verdicts, carried) | "AllVerdicts" >> beam.Flatten()
     errors = (*failures, decode_errors, score_errors) | "MergeErrors" >> beam.Flatten()
     reports = {"listings": listings, "verdicts": verdicts, "errors": errors, **({REMOVED: removed} if previous else {})}
-    _ = reports | "WriteReports" >> WriteReports(info)
+    summary = reports | "WriteReports" >> WriteReports(info)
+    # A step of the job, like summary.json, so that a launcher that does not wait (a template
+    # launch) leaves nothing undone: it runs once summary.json is written.
+    _ = summary | "WriteHtmlReport" >> WriteHtmlReport(args.output, args.model, thresholds, decoder, files,
+                                                       read_columns, args.report_top)
 
     result = pipeline.run()
     if pipeline.options.view_as(GoogleCloudOptions).template_location:
         return result       # only the job description was written (a Dataflow template launch): nothing ran yet
     result.wait_until_finish()
-    if result.state == PipelineState.DONE:        # summary.json is final: the report reads it
-        write_report(args.output, matcher, decoder, files, read_columns, args.report_top)
     return result
 
 

@@ -2,8 +2,11 @@
 
 The model is loaded once per process (Beam's shared handle) or, when CUDA is present on
 the worker or ``model_copies`` is set, once per VM in a process shared by all SDK worker
-processes (``share_model_across_processes``). The device is chosen once at load: CUDA when
-present, else the CPU with a log line. ``BatchElements`` makes batches of exactly
+processes (``share_model_across_processes``): one model per GPU, fed by every process. The
+device is chosen once at load: CUDA when present, else the CPU with a log line. On CUDA
+the :class:`Matcher` fast path applies (bf16 autocast, pinned non-blocking copies of uint8
+pixels normalised on the GPU, optional ``torch.compile``) and the default batch is
+``GPU_BATCH_SIZE``. ``BatchElements`` makes batches of exactly
 ``batch_size`` listings (only a bundle's last batch is shorter), and a short batch is padded
 to ``batch_size`` by repeating its last listing, so every forward pass has the same shape.
 """
@@ -18,8 +21,7 @@ import numpy as np
 import torch
 from apache_beam.metrics import Metrics
 from apache_beam.ml.inference.base import ModelHandler, PredictionResult, RunInference
-from ecomatch_model.api import ListingScore, Matcher, load
-from ecomatch_model.preprocess import normalize
+from ecomatch_model.api import CPU_BATCH_SIZE, GPU_BATCH_SIZE, ListingScore, Matcher, load
 from ecomatch_model.text import EncodedText
 
 from .decode import DecodedListing
@@ -56,8 +58,7 @@ class ListingScorer:
         self.matcher = matcher
 
     def score(self, batch: ListingBatch) -> list[ListingScore]:
-        pixels = normalize(torch.from_numpy(batch.pixels))       # (B, 3, S, S) uint8 -> float
-        out = self.matcher.forward(pixels, batch.text)
+        out = self.matcher.forward(torch.from_numpy(batch.pixels), batch.text)   # uint8, normalised on the device
         return self.matcher.results(out, batch.text)[: batch.n]
 
 
@@ -67,21 +68,34 @@ class EcomatchModelHandler(ModelHandler[DecodedListing, PredictionResult, Listin
     ``thresholds`` override the checkpoint's calibrated ones; ``model_copies`` (when set)
     shares that many model copies across all processes of a worker VM; ``torch_threads``
     (when set) caps torch's CPU threads in the loading process, so that several worker
-    processes on one machine do not each start a thread per core.
+    processes on one machine do not each start a thread per core. ``device`` (default: CUDA
+    when present where the model loads, else the CPU), ``precision`` and ``compile`` are
+    :class:`Matcher`'s. ``batch_size`` defaults to ``GPU_BATCH_SIZE`` when ``device`` is
+    CUDA, or is unset and this process (the launcher) sees CUDA, else ``CPU_BATCH_SIZE``:
+    batches are sized when the pipeline is built, so a launcher without a GPU for GPU
+    workers should pass ``device="cuda"`` or the batch size.
     """
 
-    def __init__(self, model: str, thresholds: Mapping[str, float] | None = None, batch_size: int = 64,
-                 model_copies: int | None = None, torch_threads: int | None = None):
+    def __init__(self, model: str, thresholds: Mapping[str, float] | None = None, batch_size: int | None = None,
+                 model_copies: int | None = None, torch_threads: int | None = None, *, device: str | None = None,
+                 precision: str | None = None, compile: bool = False):
         super().__init__()
         self._model, self._thresholds = model, dict(thresholds or {})
-        self._batch_size, self._copies, self._threads = batch_size, model_copies, torch_threads
+        self._device, self._precision, self._compile = device, precision, compile
+        self._batch_size = batch_size or (GPU_BATCH_SIZE if self._wants_cuda() else CPU_BATCH_SIZE)
+        self._copies, self._threads = model_copies, torch_threads
+
+    def _wants_cuda(self) -> bool:
+        return str(self._device).startswith("cuda") if self._device else torch.cuda.is_available()
 
     def load_model(self) -> ListingScorer:
         if self._threads:
             torch.set_num_threads(self._threads)
-        matcher = load(self._model, batch_size=self._batch_size)
+        matcher = load(self._model, device=self._device, batch_size=self._batch_size, precision=self._precision,
+                       compile=self._compile)
         matcher.thresholds.update(self._thresholds)
-        log.info("loaded model %s (sha256 %s) on %s", self._model, matcher.sha256[:12], matcher.device)
+        log.info("loaded model %s (sha256 %s) on %s, %s, batch %d%s", self._model, matcher.sha256[:12],
+                 matcher.device, matcher.precision, matcher.batch_size, ", compiled" if self._compile else "")
         return ListingScorer(matcher)
 
     def run_inference(self, batch: Sequence[DecodedListing], model: ListingScorer,
@@ -96,7 +110,8 @@ class EcomatchModelHandler(ModelHandler[DecodedListing, PredictionResult, Listin
         return {"min_batch_size": self._batch_size, "max_batch_size": self._batch_size}
 
     def share_model_across_processes(self) -> bool:
-        return self._copies is not None or torch.cuda.is_available()
+        # Asked on the worker: with a GPU there, one model on it serves every SDK process.
+        return self._copies is not None or self._wants_cuda()
 
     def model_copies(self) -> int:
         return self._copies or 1
