@@ -73,7 +73,11 @@ def test_launch_writes_gpu_job_without_submitting(gcs: gcsfs.GCSFileSystem, tmp_
     assert images == {IMAGE}
     names = {t.unique_name for t in pipeline.components.transforms.values()}
     assert {"ReadListings", "CarryForward/JoinState", "ScoreListings/RunInference", "WriteReports/WriteRemoved",
-            "WriteReports/WriteSummary"} <= names
+            "WriteReports/WriteSummary", "WriteHtmlReport/WriteHtml"} <= names
+    # report.html is the job's to write, after summary.json: its step reads WriteSummary's output.
+    by_name = {t.unique_name: t for t in pipeline.components.transforms.values()}
+    assert set(by_name["WriteHtmlReport/WriteHtml"].inputs.values()) == \
+        set(by_name["WriteReports/WriteSummary"].outputs.values())
 
     # The launcher expanded {date}: it cleared tonight's prefix, left yesterday's, and ran nothing.
     gcs.invalidate_cache()

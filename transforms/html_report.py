@@ -1,13 +1,16 @@
 """``PREFIX/report.html``: one self-contained page a trust-and-safety reviewer can open and
-act on, written by the launcher once ``summary.json`` is final.
+act on, written by the scan's last step, :class:`WriteHtmlReport`, on a worker once every
+shard and ``summary.json`` are final: on every runner alike, Dataflow included (the
+launcher of a template launch returns before the job runs, so nothing may be left for it).
 
 It is built from the scan's written outputs, never from the scan's memory:
 
 - ``summary.json``: counts, violations per kind, model, thresholds, time and throughput;
 - ``scores/*.parquet``, severity column only, streamed: the severity histogram;
 - ``violations/*.parquet``, streamed through a heap of the top N by severity: the cards;
-- the input shards: for each shard only ``listing_id`` is read per row group, and only the
-  row groups holding one of the N listings are read in full; those listings are decoded
+- the input shards, read by the scan's own reader (``transforms.listings.read_row_group``):
+  per row group only ``listing_id`` is read, and only the row groups holding one of the N
+  listings are read in full; those listings are decoded
   and re-scored with the model (exactly as the scan did) for their image, attention maps
   and title spans, and the layout of ``violations/`` stays as it is;
 - ``errors/*.parquet``, streamed until every error type has a few examples.
@@ -30,20 +33,21 @@ import logging
 from dataclasses import dataclass
 from typing import Any, Iterator, Mapping, Sequence
 
+import apache_beam as beam
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
-from ecomatch_model.api import ListingScore, Matcher
+from ecomatch_model.api import ListingScore, Matcher, load
 from ecomatch_model.explain import overlay_heatmap, pixels_image
 from ecomatch_model.text import word_offsets
 from PIL import Image
 
 from .decode import DecodedListing, ListingDecoder
 from .flag import MATCH
-from .listings import to_raw_listing
+from .errors import redact
+from .listings import InputSchemaError, RawListing, UnreadableInputError, file_row_groups, read_row_group
 from .reports import ERRORS, REPORT, SCORES, VIOLATIONS, read_summary
 from .score import ListingScorer, stack_batch
 
@@ -154,8 +158,9 @@ CSP = (f"default-src 'none'; img-src data:; style-src {_sha256_source(STYLE)}; "
 
 # ---------------------------------------------------------------------------- reading the outputs
 def parquet_row_groups(path: str) -> Iterator[tuple[pq.ParquetFile, int]]:
-    """(open file, row group index) for each row group of a Parquet file (local or any Beam
-    filesystem), so callers read one row group at a time."""
+    """(open file, row group index) for each row group of one of the scan's output shards
+    (local or any Beam filesystem), so callers read one row group at a time. Input shards
+    are read by :func:`listings_with_ids` instead."""
     with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
         pf = pq.ParquetFile(f)
         for g in range(pf.num_row_groups):
@@ -222,20 +227,24 @@ class Evidence:
     score: ListingScore
 
 
-def rows_with_ids(path: str, pf: pq.ParquetFile, g: int, columns: Sequence[str], wanted: pa.Array
-                  ) -> list[dict[str, Any]]:
-    """The rows of row group ``g`` whose listing_id is in ``wanted``, ``columns`` only (those
-    the file has); the other columns are read only when there is one. A row group that
-    cannot be read has none: the scan reported it in ``errors/`` (``--skip-bad-files``)."""
-    try:
-        hit = pc.is_in(pf.read_row_group(g, columns=["listing_id"]).column(0).cast(pa.string()), value_set=wanted)
-        if not pc.any(hit).as_py():
-            return []
-        present = [c for c in columns if c in pf.schema_arrow.names]
-        return pf.read_row_group(g, columns=present).filter(hit).to_pylist()
-    except (pa.ArrowException, OSError) as exc:
-        log.warning("report: row group %d of %s cannot be read (%s); skipped", g + 1, path, type(exc).__name__)
-        return []
+def listings_with_ids(files: Sequence[str], columns: Sequence[str], attribute_columns: Sequence[str],
+                      ids: pa.Array) -> Iterator[RawListing]:
+    """The input rows whose listing_id is in ``ids``, a row group at a time, read by the
+    scan's own reader (``transforms.listings``: the same columns, the same row groups). A file
+    or row group that cannot be read has none: the scan reported it in ``errors/``
+    (``--skip-bad-files``), or failed."""
+    for path in files:
+        try:
+            groups = file_row_groups(path, attribute_columns)
+        except InputSchemaError as exc:
+            log.warning("report: %s; skipped", redact(str(exc)))
+            continue
+        for group in groups:
+            try:
+                yield from read_row_group(group, columns, attribute_columns, ids)
+            except UnreadableInputError as exc:
+                log.warning("report: row group %d of %s cannot be read (%s); skipped", group.index + 1,
+                            redact(group.path), type(exc.__cause__).__name__)
 
 
 def find_listings(files: Sequence[str], columns: Sequence[str], attribute_columns: Sequence[str],
@@ -243,20 +252,18 @@ def find_listings(files: Sequence[str], columns: Sequence[str], attribute_column
     """The listings ``ids`` as (title, decoded listing) from the input shards (the first row
     of each id), or why one could not be decoded; reading stops once every id is found."""
     found: dict[str, tuple[str, DecodedListing] | str] = {}
-    wanted = pa.array(sorted(ids), pa.string())
-    for path in files:
-        for pf, g in parquet_row_groups(path):
-            if len(found) == len(ids):
-                return found
-            for row in rows_with_ids(path, pf, g, columns, wanted):
-                if row["listing_id"] in found:
-                    continue
-                raw = to_raw_listing((path, row), attribute_columns)
-                try:
-                    found[raw.listing_id] = (raw.title, decoder(raw))
-                except Exception as exc:  # the input changed since the scan, or a source went away
-                    # The type only: a message may quote an image_uri, credentials and all.
-                    found[raw.listing_id] = f"cannot decode the listing again: {type(exc).__name__}"
+    if not ids:
+        return found
+    for raw in listings_with_ids(files, columns, attribute_columns, pa.array(sorted(ids), pa.string())):
+        if raw.listing_id in found:
+            continue
+        try:
+            found[raw.listing_id] = (raw.title, decoder(raw))
+        except Exception as exc:  # the input changed since the scan, or a source went away
+            # The type only: a message may quote an image_uri, credentials and all.
+            found[raw.listing_id] = f"cannot decode the listing again: {type(exc).__name__}"
+        if len(found) == len(ids):
+            break                           # the rest of the input is not read
     return found
 
 
@@ -500,3 +507,39 @@ def write_report(prefix: str, matcher: Matcher, decoder: ListingDecoder, files: 
         f.write(page.encode("utf-8"))
     log.info("wrote %s (%d violation cards, %d bytes)", path, len(rows), len(page.encode("utf-8")))
     return path
+
+
+class _ReportFn(beam.DoFn):
+    """Holds the scan's model (loaded once, in ``setup``, on the CPU as the launcher loads it)
+    and writes ``report.html`` when the one ``summary.json`` element arrives; outputs its path."""
+
+    def __init__(self, prefix: str, model: str, thresholds: Mapping[str, float], decoder: ListingDecoder,
+                 files: Sequence[str], columns: Sequence[str], top_n: int):
+        self._prefix, self._model, self._thresholds = prefix, model, dict(thresholds)
+        self._decoder, self._files, self._columns, self._top_n = decoder, list(files), list(columns), top_n
+        self._matcher: Matcher | None = None
+
+    def setup(self) -> None:
+        self._matcher = load(self._model, device="cpu")
+        self._matcher.thresholds.update(self._thresholds)
+
+    def process(self, summary: Mapping[str, Any]) -> Iterator[str]:
+        # The element only says that summary.json is written; the page is built from the files.
+        yield write_report(self._prefix, self._matcher, self._decoder, self._files, self._columns, self._top_n)
+
+
+class WriteHtmlReport(beam.PTransform):
+    """The one ``summary.json`` dict that ``WriteReports`` outputs -> ``report.html`` under
+    ``prefix``, written by a worker once every shard and ``summary.json`` are final (the
+    element exists only then); returns a PCollection of its path. ``model`` (name, path or
+    URL) and ``thresholds`` (overrides) are the scan's, loaded again on the worker as the
+    model handler does; ``decoder``, the input ``files`` and ``columns`` are the scan's too.
+    A retried attempt writes the same page again."""
+
+    def __init__(self, prefix: str, model: str, thresholds: Mapping[str, float], decoder: ListingDecoder,
+                 files: Sequence[str], columns: Sequence[str], top_n: int = DEFAULT_TOP):
+        super().__init__()
+        self._fn = _ReportFn(prefix, model, thresholds, decoder, files, columns, top_n)
+
+    def expand(self, summary: beam.PCollection[dict]) -> beam.PCollection[str]:
+        return summary | "WriteHtml" >> beam.ParDo(self._fn)

@@ -22,6 +22,7 @@ from typing import Any, Mapping, Sequence
 
 import apache_beam as beam
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from apache_beam.io.filesystem import BeamIOError, CompressionTypes
 from apache_beam.io.filesystems import FileSystems
@@ -127,9 +128,10 @@ def survey_input(pattern: str, attribute_columns: Sequence[str], strict: bool = 
 
 
 def to_raw_listing(file_row: tuple[str, Mapping[str, Any]], attribute_columns: Sequence[str]) -> RawListing:
-    """A (file, row dict of the read columns) pair as a :class:`RawListing`."""
+    """A (file, row dict of the read columns) pair as a :class:`RawListing`. Pure: counting
+    listings read is the pipeline step's (:func:`read_and_count`), so the report writer and
+    other readers outside the pipeline can use this too."""
     source, row = file_row
-    Metrics.counter(NAMESPACE, "read").inc()
     return RawListing(source, row.get("listing_id"), row.get("title"), row.get("image"), row.get("image_uri"),
                       {c: row[c] for c in attribute_columns if row.get(c)})
 
@@ -154,19 +156,38 @@ def file_row_groups(path: str, attribute_columns: Sequence[str]) -> list[RowGrou
             for g in range(footer.num_row_groups)]
 
 
-def read_row_group(group: RowGroup, columns: Sequence[str], attribute_columns: Sequence[str]) -> list[RawListing]:
-    """Every row of one row group (those of ``columns`` the file has), all or none: raises
-    :class:`UnreadableInputError` naming the file and the row group when any page of it is bad."""
+def read_row_group(group: RowGroup, columns: Sequence[str], attribute_columns: Sequence[str],
+                   ids: pa.Array | None = None) -> list[RawListing]:
+    """Every row of one row group (those of ``columns`` the file has) as :class:`RawListing`,
+    all or none: raises :class:`UnreadableInputError` naming the file and the row group when
+    any page of it is bad. With ``ids`` (strings) only the rows whose ``listing_id`` is among
+    them, and the other columns are read only when there is one. The one reader of input
+    rows: ``ReadListings`` and the HTML report both use it; it counts nothing."""
     try:
         with FileSystems.open(group.path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
             pf = pq.ParquetFile(f)
             present = [c for c in columns if c in pf.schema_arrow.names]
-            rows = pf.read_row_group(group.index, columns=present).to_pylist()
+            if ids is None:
+                rows = pf.read_row_group(group.index, columns=present).to_pylist()
+            else:
+                listing_ids = pf.read_row_group(group.index, columns=["listing_id"]).column(0)
+                hit = pc.is_in(listing_ids.cast(pa.string()), value_set=ids)
+                rows = pf.read_row_group(group.index, columns=present).filter(hit).to_pylist() \
+                    if pc.any(hit).as_py() else []
     except Exception as exc:  # a corrupt page raises OSError, ArrowInvalid, ...: say which file and where
         why = " ".join(str(exc).split())        # one line: Arrow's messages span several
         raise UnreadableInputError(f"{group.path}: row group {group.index + 1} of {group.count} ({group.rows} rows) "
                                    f"cannot be read: {type(exc).__name__}: {why}") from exc
     return [to_raw_listing((group.path, row), attribute_columns) for row in rows]
+
+
+def read_and_count(group: RowGroup, columns: Sequence[str], attribute_columns: Sequence[str]) -> list[RawListing]:
+    """:func:`read_row_group`, counting the listings read in Beam's ``read`` counter: the
+    pipeline's reading step, the only place that counter is incremented. A row group that
+    cannot be read counts nothing."""
+    listings = read_row_group(group, columns, attribute_columns)
+    Metrics.counter(NAMESPACE, "read").inc(len(listings))
+    return listings
 
 
 def read_error(dead_letter: tuple[str | RowGroup, tuple[type, str, Sequence[str]]]) -> ErrorRecord:
@@ -201,7 +222,7 @@ class ReadListings(beam.PTransform):
                ) -> beam.PCollection[RawListing] | tuple[beam.PCollection[RawListing], beam.PCollection[ErrorRecord]]:
         files = pbegin | "ListFiles" >> beam.Create(self._files)
         list_groups = beam.FlatMap(file_row_groups, self._attribute_columns)
-        read = beam.FlatMap(read_row_group, self._columns, self._attribute_columns)
+        read = beam.FlatMap(read_and_count, self._columns, self._attribute_columns)
         if not self._skip_bad_files:
             groups = files | "ListRowGroups" >> list_groups
             return groups | "SpreadRowGroups" >> beam.Reshuffle() | "ReadRowGroups" >> read

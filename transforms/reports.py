@@ -17,6 +17,8 @@
   model locations are masked (:func:`~transforms.errors.redact`). ``incremental`` splits
   ``scored`` into the verdicts carried forward from the ``--state`` run (``carried``) and
   those the model gave now (``scored``), and counts the ``removed`` ids.
+- ``report.html``: not written here but by the step after, ``WriteHtmlReport``
+  (``transforms/html_report.py``), from the one ``summary.json`` this stage outputs.
 
 Counts come from the data (PCollections of events), not from Beam metrics, so a bundle
 that a runner retries is counted once: only its committed attempt's outputs exist.
@@ -49,7 +51,7 @@ from .flag import MATCH, Verdict
 
 SCORES, VIOLATIONS, ERRORS, SUMMARY = "scores", "violations", "errors", "summary.json"
 REMOVED = "removed"           # written with --state only
-REPORT = "report.html"        # written after the job by transforms.html_report
+REPORT = "report.html"        # written after summary.json, by the job's WriteHtmlReport (transforms.html_report)
 
 SCORES_SCHEMA = pa.schema([
     ("listing_id", pa.string()), ("verdict", pa.string()), ("severity", pa.float64()),
