@@ -97,8 +97,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     body = (f"Command: `{_command_line()}`\n\nData: {data}: {len(train_set)} training and "
             f"{len(val_set)} validation listings (split by image content, seed {args.seed}).")
     card = cards.section("Training", body)
+    init = load_checkpoint(resolve_model_path(args.init)) if args.init else None
     ckpt = train(train_set, cfg, args.out, opts, parse_attribute_columns(args.attribute_columns),
-                 resume=args.resume, card=card)
+                 resume=args.resume, card=card, init=init)
     minutes = (time.time() - t0) / 60
     ckpt.card = cards.header(os.path.basename(os.path.normpath(args.out)), ckpt.model) + "\n" + card + f"\nWall time: {minutes:.1f} min on " \
         f"{args.device} ({torch.get_num_threads()} threads); per-epoch curves in `train_log.jsonl` beside the " \
@@ -109,7 +110,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         ckpt.card = cards.replace_section(ckpt.card, "Calibration", _calibration_text(ckpt.thresholds, args.precision,
                                                                                       "the validation split"))
     save(ckpt, args.out)
-    print(f"trained {cfg.name} in {minutes:.1f} min; thresholds {json.dumps(ckpt.thresholds)}; written to {args.out}")
+    print(f"trained {ckpt.model.cfg.name} in {minutes:.1f} min; thresholds {json.dumps(ckpt.thresholds)}; written to {args.out}")
     return 0
 
 
@@ -239,6 +240,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--lr", type=float, default=2e-3)
     s.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     s.add_argument("--resume", action="store_true", help="continue the run in --out where it stopped")
+    s.add_argument("--init", default=None, metavar="MODEL",
+                   help="fine-tune: start from this checkpoint's weights, vocabulary and lexicon")
     s.add_argument("--stop-after", type=int, default=None, help="end this run after epoch N (resume later)")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--limit", type=int, default=None, help="read at most this many listings")

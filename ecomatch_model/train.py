@@ -231,15 +231,17 @@ def prepare_text(train: Listings, cfg: ModelConfig, columns: dict[str, str]) -> 
 
 
 def train(listings: Listings, cfg: ModelConfig, out: str, opts: TrainOptions, columns: dict[str, str],
-          resume: bool = False, card: str = "") -> Checkpoint:
-    """Train on ``listings`` and write a checkpoint to ``out`` after every epoch."""
+          resume: bool = False, card: str = "", init: Checkpoint | None = None) -> Checkpoint:
+    """Train on ``listings`` and write a checkpoint to ``out`` after every epoch. ``init``
+    (fine-tuning) starts from that checkpoint's weights, vocabulary and lexicon instead of
+    a fresh model; ``cfg`` is then the checkpoint's."""
     torch.manual_seed(opts.seed)
     device = torch.device(opts.device)
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
-    if resume:
-        ckpt = load_checkpoint(out)
+    if resume or init is not None:
+        ckpt = load_checkpoint(out) if resume else init
         model, vocab, lexicon = ckpt.model, ckpt.vocab, ckpt.lexicon
     else:
         vocab, lexicon = prepare_text(listings, cfg, columns)

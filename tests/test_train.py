@@ -136,3 +136,18 @@ def test_time_budget_shrinks_the_plan(listings, tmp_path):
     log = _log(tmp_path / "t")
     # No time at all: the plan shrinks to the one epoch already run.
     assert [r["epoch"] for r in log] == [1] and log[0]["planned_epochs"] == 50
+
+
+def test_fine_tune_starts_from_the_checkpoint(listings, tmp_path):
+    opts = TrainOptions(epochs=1, batch_size=32, lr=2e-3, warmup_steps=2, log_every=1000)
+    train(listings, get_config("tiny"), str(tmp_path / "first"), opts, COLUMNS)
+    first = load_checkpoint(str(tmp_path / "first"))
+    before = {k: v.clone() for k, v in first.model.state_dict().items()}
+    # The config passed is ignored: the checkpoint's model, vocabulary and lexicon go on.
+    train(listings.take(range(64)), get_config("base"), str(tmp_path / "tuned"), opts, COLUMNS, init=first)
+    tuned = load_checkpoint(str(tmp_path / "tuned"))
+    assert tuned.model.cfg == first.model.cfg
+    assert tuned.vocab.to_json() == first.vocab.to_json() and tuned.lexicon.to_json() == first.lexicon.to_json()
+    after = tuned.model.state_dict()
+    assert before.keys() == after.keys()
+    assert any(not torch.equal(before[k], after[k]) for k in before)
