@@ -166,10 +166,14 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from .evaluate import evaluate
     matcher = load(args.model, device=args.device)
+    if args.thresholds:
+        matcher.thresholds.update(_read_thresholds(args.thresholds, matcher))
     report = evaluate(matcher, _read_split(args), n_queries=args.queries, negatives=args.negatives,
                       seed=args.seed, max_listings=args.max_eval)
     report["model"] = {"path": args.model, "sha256": matcher.sha256, "config": matcher.cfg.name}
     report["data"] = args.data + ("" if args.split == "all" else f" ({args.split} split)")
+    if args.thresholds:
+        report["thresholds_file"] = args.thresholds
     text = json.dumps(report, indent=1, sort_keys=True)
     if args.json:
         with open(args.json, "w") as f:
@@ -180,6 +184,18 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         ckpt.card = cards.replace_section(ckpt.card, args.card_section, cards.metrics_block(report, _command_line()))
         save(ckpt, resolve_model_path(args.model))
     return 0
+
+
+def _read_thresholds(path: str, matcher: Matcher) -> dict[str, float]:
+    """A thresholds JSON file ({kind: threshold}, as a checkpoint's thresholds.json) for the
+    kinds ``matcher`` knows; anything else is an error naming the file."""
+    with open(path) as f:
+        data = json.load(f)
+    kinds = {"match", *matcher.lexicon.kinds}
+    if not isinstance(data, dict) or not all(k in kinds and isinstance(v, (int, float)) and not isinstance(v, bool)
+                                             for k, v in data.items()):
+        raise SystemExit(f"{path}: expected a JSON object of kind -> number, kinds among {', '.join(sorted(kinds))}")
+    return {k: float(v) for k, v in data.items()}
 
 
 def cmd_make_sample(args: argparse.Namespace) -> int:
@@ -277,6 +293,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--max-eval", type=int, default=5000)
     s.add_argument("--device", default=None)
+    s.add_argument("--thresholds", default=None, metavar="FILE",
+                   help="score at these thresholds (JSON kind -> threshold) instead of the checkpoint's")
     s.add_argument("--update-card", action="store_true", help="write the results into the model card")
     s.add_argument("--card-section", default="Evaluation")
     _add_split_args(s)
