@@ -1,28 +1,26 @@
 #!/usr/bin/env bash
-# Turn the runs of scripts/gpu_train_default.sh into the shipped default model, on the CPU:
-# prune 40%, calibrate on the real listings' validation split, evaluate there and on the
-# bundled synthetic sample_data/, and install into ecomatch_model/models/default.
-# The ablation runs are evaluated with the same command into WORK/*.json.
-# Usage: scripts/finish_default.sh RUNS_DIR REAL_GLOB WORK
+# Turn a trained real-data checkpoint into the shipped default model, on the CPU: calibrate
+# on the real listings' validation split, evaluate there, calibrate the thresholds for the
+# bundled synthetic sample_data/ on a separately rendered synthetic set (seed 303, never
+# scanned), evaluate sample_data/ at those thresholds, and install the model into
+# ecomatch_model/models/default and the thresholds into sample_data/thresholds.json.
+# Usage: scripts/finish_default.sh MODEL_DIR REAL_GLOB WORK
 set -euo pipefail
-runs="$1"; real="$2"; work="$3"
+model="$1"; real="$2"; work="$3"
 ecomatch="${ECOMATCH:-.venv/bin/ecomatch}"
 mkdir -p "$work"
-"$ecomatch" prune --model "$runs/default" --out "$work/default-pruned"
-"$ecomatch" calibrate --model "$work/default-pruned" --data "$real" --split val --precision 0.9
-evaluate() {  # model json [extra]
-  local model="$1" json="$2"; shift 2
-  OMP_NUM_THREADS=1 "$ecomatch" evaluate --model "$model" --data "$real" --split val --json "$json" "$@"
-}
-evaluate "$work/default-pruned" "$work/default-pruned.json" --update-card &
-evaluate "$runs/default" "$work/default-unpruned.json" &
-wait
-evaluate "$runs/default-r1" "$work/default-r1.json" &
-evaluate "$runs/default-shuffled" "$work/default-shuffled.json" &
-wait
-"$ecomatch" evaluate --model "$work/default-pruned" --data 'sample_data/*.parquet' --json "$work/sample.json" \
-  --update-card --card-section "Evaluation on sample_data/"
+rm -rf "$work/default" "$work/sample-cal" "$work/synthetic-303"
+cp -r "$model" "$work/default"
+"$ecomatch" calibrate --model "$work/default" --data "$real" --split val --precision 0.9
+"$ecomatch" evaluate --model "$work/default" --data "$real" --split val --json "$work/real-val.json" --update-card
+# Thresholds for the synthetic catalogue: the same procedure on 1,000 rendered listings.
+"$ecomatch" make-sample --out "$work/synthetic-303" --n 1000 --seed 303 --mismatch-rate 0 --shards 1
+"$ecomatch" calibrate --model "$work/default" --data "$work/synthetic-303/*.parquet" --precision 0.9 \
+  --out "$work/sample-cal"
+cp "$work/sample-cal/thresholds.json" sample_data/thresholds.json
+"$ecomatch" evaluate --model "$work/default" --data 'sample_data/*.parquet' --thresholds sample_data/thresholds.json \
+  --json "$work/sample.json" --update-card --card-section "Evaluation on sample_data/ (at sample_data/thresholds.json)"
 rm -rf ecomatch_model/models/default
 mkdir -p ecomatch_model/models/default
-cp "$work"/default-pruned/{weights.safetensors,config.json,vocab.json,lexicon.json,thresholds.json,manifest.json,MODEL_CARD.md} \
-   "$runs"/default/train_log.jsonl ecomatch_model/models/default/
+cp "$work"/default/{weights.safetensors,config.json,vocab.json,lexicon.json,thresholds.json,manifest.json,MODEL_CARD.md} \
+   "$model"/train_log.jsonl ecomatch_model/models/default/

@@ -26,7 +26,7 @@ GOOD = {
     "input": ["gs://catalogue/listings/*.parquet", "gs://my-shop.example_1/export/{date}/part-0001.parquet",
               "gs://abc/x"],
     "output": ["gs://reports/scan/{date}", "gs://reports/scan/2026-11-26/", "gs://a-b/c"],
-    "model": ["gs://models/ecomatch/base-v2", "gs://models/ecomatch/base-v2/"],
+    "model": ["default", "gs://models/ecomatch/base-v2", "gs://models/ecomatch/base-v2/"],
     "thresholds": ["gs://models/ecomatch/thresholds.json", "gs://cfg/{date}/t.json"],
     "state": ["gs://reports/scan/{yesterday}", "gs://reports/scan/2026-11-25"],
 }
@@ -35,7 +35,7 @@ BAD = {
               "gs://bucket", "gs://bucket/", "s3://bucket/listings.parquet", "gs://bucket/a b.parquet"],
     "output": ["", "gs://reports", "gs://reports/", "gs://reports/scan/*", "gs://reports/scan[1]",
                "/tmp/reports", "gs://reports/scan out", "gs://-reports/scan"],
-    "model": ["", "tiny", "Default", "/models/base", "default ", "gs://models", "gs://models/*"],
+    "model": ["", "tiny", "base", "Default", "/models/base", "default ", "gs://models", "gs://models/*"],
     "thresholds": ["", "thresholds.json", "gs://cfg/thresholds.yaml", "gs://cfg/.json.bak", "gs://cfg"],
     "state": ["", "gs://reports", "gs://reports/scan/*", "/tmp/reports/2026-11-25", "gs://reports/a b"],
 }
@@ -85,7 +85,7 @@ def deploy_env() -> dict[str, str]:
     """Values for the names infra/schedule.sh exports, as infra/common.sh would set them."""
     return {"PROJECT": "shop-prod", "BUCKET": "shop-prod-ecomatch",
             "INPUT": "gs://shop-prod-catalogue/listings/*.parquet",
-            "REPORTS": "gs://shop-prod-ecomatch-reports/scan", "MODEL": "base",
+            "REPORTS": "gs://shop-prod-ecomatch-reports/scan", "MODEL": "default",
             "TEMPLATE": "gs://shop-prod-ecomatch/templates/scan.json",
             "WORKER_SA": "ecomatch-worker@shop-prod.iam.gserviceaccount.com",
             "NOTIFY": "projects/shop-prod/notificationChannels/123"}
