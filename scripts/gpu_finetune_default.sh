@@ -11,19 +11,7 @@ export PYTHONPATH="$PWD" PYTHONUNBUFFERED=1
 py="${PYTHON:-python3}"
 work="$(mktemp -d)"
 "$py" -c "import torch; print('torch', torch.__version__, 'cuda', torch.cuda.is_available() and torch.cuda.get_device_name())"
-data=()
-for g in "$@"; do
-  n=$(ls $g 2>/dev/null | wc -l); echo "$g: $n shards"
-  if [ "$n" -gt 0 ]; then data+=(--data "$g"); fi
-done
-t0=$SECONDS
-for seed in 101 102 103 104; do
-  "$py" -m ecomatch_model.cli make-sample --out "$work/synth/$seed" --n "$synth_n" --seed "$seed" \
-    --mismatch-rate 0 --shards 1 >/dev/null &
-done
-wait
-echo "synthetic catalogue: $((4 * synth_n)) listings in $((SECONDS - t0)) s"
-data+=(--data "$work/synth/*/*.parquet")
+source "$(dirname "$0")/gpu_data.sh"
 run() {  # name epochs
   local name="$1" epochs="$2"
   local t0=$SECONDS

@@ -15,20 +15,7 @@ py="${PYTHON:-python3}"
 work="$(mktemp -d)"
 "$py" -c "import torch; print('torch', torch.__version__, 'cuda', torch.cuda.is_available() and torch.cuda.get_device_name())"
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader 2>/dev/null || true
-data=()
-for g in "$@"; do  # a glob that matches nothing (data that did not travel) is left out
-  n=$(ls $g 2>/dev/null | wc -l); echo "$g: $n shards"
-  if [ "$n" -gt 0 ]; then data+=(--data "$g"); fi
-done
-# Synthetic training catalogue: seeds 101-104 (sample_data/ is seed 0, calibration sets 303+).
-t0=$SECONDS
-for seed in 101 102 103 104; do
-  "$py" -m ecomatch_model.cli make-sample --out "$work/synth/$seed" --n "$synth_n" --seed "$seed" \
-    --mismatch-rate 0 --shards 1 >/dev/null &
-done
-wait
-echo "synthetic catalogue: $((4 * synth_n)) listings in $((SECONDS - t0)) s"
-data+=(--data "$work/synth/*/*.parquet")
+source "$(dirname "$0")/gpu_data.sh"
 run() {  # name extra-args...
   local name="$1"; shift
   local t0=$SECONDS
