@@ -11,6 +11,7 @@ the Pillow path's by up to 0.18 (mean 0.002) on real listings, over the 0.08 tol
 """
 from __future__ import annotations
 
+import functools
 import logging
 import os
 from dataclasses import dataclass, field
@@ -86,6 +87,23 @@ class ListingScore:
         return self.attributes[failing[0]].kind if failing else ("match" if self.match_fails else None)
 
 
+def check_thresholds(data: object, kinds: Sequence[str]) -> dict[str, float]:
+    """A thresholds object ({kind: threshold}, as in a checkpoint's thresholds.json) as
+    floats, every kind among ``kinds`` or ``match`` (match in [-1, 1], the others in
+    [0, 1]); ValueError saying what is wrong otherwise."""
+    if not isinstance(data, dict):
+        raise ValueError("expected a JSON object of kind -> threshold")
+    out = {}
+    for kind, value in data.items():
+        low = -1.0 if kind == "match" else 0.0
+        if kind != "match" and kind not in kinds:
+            raise ValueError(f"unknown kind {kind!r} (known: {', '.join(['match', *kinds])})")
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not low <= value <= 1.0:
+            raise ValueError(f"{kind} must be a number in [{low:g}, 1], got {value!r}")
+        out[kind] = float(value)
+    return out
+
+
 def resolve_model_path(path_or_name: str) -> str:
     """A bundled model name ("default", ...) or a path/URL -> a checkpoint location."""
     bundled = MODELS_DIR / path_or_name
@@ -108,6 +126,12 @@ def pick_device(device: str | None = None) -> torch.device:
     return torch.device("cpu")
 
 
+@functools.lru_cache(maxsize=None)
+def _copy_stream(device: torch.device) -> "torch.cuda.Stream":
+    """One side stream per CUDA device for host-to-device copies, made once."""
+    return torch.cuda.Stream(device)
+
+
 def to_device(arrays: Sequence[np.ndarray | torch.Tensor], device: torch.device) -> list[torch.Tensor]:
     """Host arrays -> tensors on ``device`` (a tensor already there is kept). On CUDA each is
     staged in pinned memory and copied without blocking on a side stream that the current
@@ -116,7 +140,7 @@ def to_device(arrays: Sequence[np.ndarray | torch.Tensor], device: torch.device)
     host = [torch.from_numpy(a) if isinstance(a, np.ndarray) else a for a in arrays]
     if device.type != "cuda":
         return [t.to(device) for t in host]
-    compute, side = torch.cuda.current_stream(device), torch.cuda.Stream(device)
+    compute, side = torch.cuda.current_stream(device), _copy_stream(device)
     with torch.cuda.stream(side):
         out = [t.pin_memory().to(device, non_blocking=True) if t.device.type == "cpu" else t.to(device)
                for t in host]

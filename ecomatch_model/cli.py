@@ -14,7 +14,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from . import card as cards
-from .api import Matcher, load, resolve_model_path
+from .api import Matcher, check_thresholds, load, resolve_model_path
 from .checkpoint import Checkpoint, build_model, load_checkpoint, save
 from .config import CONFIGS, apply_overrides, get_config
 from .data import concat_listings, parse_attribute_columns, read_listings
@@ -142,10 +142,6 @@ def _add_split_args(s: argparse.ArgumentParser) -> None:
     s.add_argument("--split", choices=["all", "train", "val"], default="all",
                    help="use only this side of the training split (by image content)")
     s.add_argument("--val-fraction", type=float, default=0.1)
-    s.add_argument("--time-budget", type=float, default=None, metavar="SECONDS",
-                   help="shrink the epoch plan to what fits in this many seconds (the schedule follows)")
-    s.add_argument("--group-chunk", type=int, default=0,
-                   help="hard negatives: batches made of runs of N listings of one article type (0: off)")
     s.add_argument("--split-seed", type=int, default=0)
 
 
@@ -187,15 +183,13 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def _read_thresholds(path: str, matcher: Matcher) -> dict[str, float]:
-    """A thresholds JSON file ({kind: threshold}, as a checkpoint's thresholds.json) for the
-    kinds ``matcher`` knows; anything else is an error naming the file."""
-    with open(path) as f:
-        data = json.load(f)
-    kinds = {"match", *matcher.lexicon.kinds}
-    if not isinstance(data, dict) or not all(k in kinds and isinstance(v, (int, float)) and not isinstance(v, bool)
-                                             for k, v in data.items()):
-        raise SystemExit(f"{path}: expected a JSON object of kind -> number, kinds among {', '.join(sorted(kinds))}")
-    return {k: float(v) for k, v in data.items()}
+    """A thresholds JSON file (as a checkpoint's thresholds.json) checked against the kinds
+    ``matcher`` knows; anything else is an error naming the file."""
+    try:
+        with open(path) as f:
+            return check_thresholds(json.load(f), matcher.lexicon.kinds)
+    except (OSError, ValueError) as exc:
+        raise SystemExit(f"{path}: {exc}") from None
 
 
 def cmd_make_sample(args: argparse.Namespace) -> int:

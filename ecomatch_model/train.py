@@ -255,15 +255,13 @@ def train(listings: Listings, cfg: ModelConfig, out: str, opts: TrainOptions, co
     titles = [listings.titles[i] for i in ok]
     # Half the listings also carry their structured attribute columns appended to the
     # title, as a scan with --attribute-columns presents them.
-    extras = column_attributes(listings.take(ok), lexicon, columns)
+    kept = listings.take(ok)
+    extras = column_attributes(kept, lexicon, columns)
     with_columns = np.random.default_rng([opts.seed, 7]).random(len(ok)) < 0.5
     clean_all = encoder.encode(titles, [e if w else [] for e, w in zip(extras, with_columns)])
-    kept = listings.take(ok)
-    parsed = []
-    for t in titles:
-        toks = encoder.tokens(t)
-        parsed.append((toks, encoder.lexicon.extract(toks)[: encoder.max_attrs]))
-    dup_keys = np.stack([np.unique([" ".join(encoder.tokens(t)) for t in titles], return_inverse=True)[1],
+    # Each title's tokens and mentions, once: the corruptions of every epoch start from them.
+    parsed = [(toks, encoder.lexicon.extract(toks)[: encoder.max_attrs]) for toks in map(encoder.tokens, titles)]
+    dup_keys = np.stack([np.unique([" ".join(toks) for toks, _ in parsed], return_inverse=True)[1],
                          np.unique([hashlib.sha1(b).digest() for b in kept.images], return_inverse=True)[1]])
     groups = np.asarray(kept.column("article_type"), dtype=object)
     on_device = torch.from_numpy(pixels_u8).to(device)

@@ -48,7 +48,7 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import (DirectOptions, GoogleCloudOptions, PipelineOptions, SetupOptions,
                                                   StandardOptions)
 from apache_beam.runners.runner import PipelineResult, PipelineState
-from ecomatch_model.api import Matcher, load
+from ecomatch_model.api import Matcher, check_thresholds, load
 from ecomatch_model.checkpoint import CheckpointError
 from ecomatch_model.data import parse_attribute_columns
 
@@ -121,18 +121,10 @@ def read_thresholds(path: str, matcher: Matcher) -> dict[str, float]:
             data = json.loads(f.read().decode("utf-8"))
     except (OSError, ValueError) as exc:
         raise ScanConfigError(f"--thresholds {path}: cannot read a JSON object: {exc}") from None
-    if not isinstance(data, dict):
-        raise ScanConfigError(f"--thresholds {path}: expected a JSON object of kind -> threshold")
-    out = {}
-    for kind, value in data.items():
-        low = -1.0 if kind == MATCH else 0.0
-        if kind != MATCH and kind not in matcher.lexicon.kinds:
-            raise ScanConfigError(f"--thresholds {path}: unknown kind {kind!r} (known: "
-                                  f"{', '.join([MATCH, *matcher.lexicon.kinds])})")
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not low <= value <= 1.0:
-            raise ScanConfigError(f"--thresholds {path}: {kind} must be a number in [{low:g}, 1], got {value!r}")
-        out[kind] = float(value)
-    return out
+    try:
+        return check_thresholds(data, matcher.lexicon.kinds)
+    except ValueError as exc:
+        raise ScanConfigError(f"--thresholds {path}: {exc}") from None
 
 
 def attribute_columns(spec: str | None, matcher: Matcher) -> dict[str, str]:
