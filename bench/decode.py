@@ -16,11 +16,13 @@ decode, forward, per-listing results). Needs no Beam.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import io
 import json
 import statistics
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -93,36 +95,68 @@ def batched_decode(images: list[bytes], size: int, device: torch.device, batch: 
         decode_batch(images[s:s + batch], size, device)
 
 
-def bench_matcher(name: str, device: torch.device, batch: int) -> Matcher:
+def bench_matcher(name: str, device: torch.device, batch: int, precision: str | None = None,
+                  compile: bool = False) -> Matcher:
     """``base``: the bundled default checkpoint (base config); a config name (``paper``): random
     weights, pruned by the config's ratio, with the default checkpoint's vocabulary and lexicon.
     Both decode JPEGs on the GPU (``gpu_decode``)."""
     if name == "base":
-        return load("default", device=str(device), batch_size=batch, gpu_decode=True)
+        return load("default", device=str(device), batch_size=batch, gpu_decode=True, precision=precision,
+                    compile=compile)
     text = load("default", device="cpu").ckpt
     model = prune_model(build_model(get_config(name), text.vocab, text.lexicon).eval())
     return Matcher(Checkpoint(model, text.vocab, text.lexicon), name, device=str(device), batch_size=batch,
-                   gpu_decode=True)
+                   gpu_decode=True, precision=precision, compile=compile)
 
 
 def e2e_rows(name: str, images: list[bytes], titles: list[str], matcher: Matcher, repeats: int) -> list[dict]:
-    """decode + bf16 forward on tensors, and the whole ``Matcher.score``, in listings/s."""
+    """decode + forward on tensors (one after the other, and with the next batch decoded on a
+    side thread and CUDA stream while this one runs), and the whole ``Matcher.score``, in listings/s."""
     device, size, batch = matcher.device, matcher.image_size, matcher.batch_size
     chunks = [(images[s:s + batch], matcher.encode_texts(titles[s:s + batch])) for s in range(0, len(images), batch)]
     texts = {id(enc): [torch.from_numpy(a).to(device) for a in (enc.ids, enc.mask, enc.attr_mask, enc.attr_valid,
                                                                  enc.attr_value)] for _, enc in chunks}
+    model = matcher.model if matcher._compiled is None else matcher._compiled
+    cuda = device.type == "cuda"
 
-    def decode_forward() -> None:
+    def forward(pixels: torch.Tensor, enc) -> None:
         with torch.inference_mode(), torch.autocast(device.type, dtype=torch.bfloat16,
                                                     enabled=matcher.precision == "bf16"):
-            for ims, enc in chunks:
-                matcher.model(normalize(decode_batch(ims, size, device)), *texts[id(enc)])
+            model(normalize(pixels), *texts[id(enc)])
+
+    def decode_forward() -> None:
+        for ims, enc in chunks:
+            forward(decode_batch(ims, size, device), enc)
+
+    side = torch.cuda.Stream(device) if cuda else None
+
+    def decode_on_side(ims):
+        with torch.cuda.stream(side) if cuda else contextlib.nullcontext():
+            pixels = decode_batch(ims, size, device)
+            done = torch.cuda.Event() if cuda else None
+            if cuda:
+                done.record(side)
+        return pixels, done
+
+    def pipelined() -> None:
+        with ThreadPoolExecutor(1) as pool:
+            nxt = pool.submit(decode_on_side, chunks[0][0])
+            for k, (_, enc) in enumerate(chunks):
+                pixels, done = nxt.result()
+                if k + 1 < len(chunks):
+                    nxt = pool.submit(decode_on_side, chunks[k + 1][0])
+                if cuda:
+                    torch.cuda.current_stream(device).wait_event(done)
+                    pixels.record_stream(torch.cuda.current_stream(device))
+                forward(pixels, enc)
 
     rows = []
-    for method, fn in (("decode+forward", decode_forward), ("Matcher.score", lambda: matcher.score(images, titles))):
+    for method, fn in (("decode+forward", decode_forward), ("pipelined", pipelined),
+                       ("Matcher.score", lambda: matcher.score(images, titles))):
         med, rates = timed(fn, len(images), device, repeats)
         rows.append({"images": name, "model": matcher.name, "input": size, "method": method, "device": str(device),
-                     "precision": matcher.precision, "batch": batch, "n": len(images),
+                     "precision": matcher.precision + ("+compile" if matcher._compiled is not None else ""), "batch": batch,
+                     "n": len(images),
                      "listings_per_s": round(med, 1), "min_max": [round(min(rates), 1), round(max(rates), 1)]})
     return rows
 
@@ -139,6 +173,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--e2e", action="store_true", help="add decode + forward rows for --e2e-models on --device")
     p.add_argument("--e2e-models", nargs="*", default=["paper", "base"])
     p.add_argument("--e2e-limit", type=int, default=None, help="listings per e2e set (default: --limit)")
+    p.add_argument("--e2e-tile", type=int, default=1, help="repeat each e2e set this many times (more batches)")
+    p.add_argument("--e2e-precision", nargs="*", default=[None],
+                   help="Matcher precisions for the e2e rows (default: the device's default)")
+    p.add_argument("--e2e-compile", action="store_true", help="e2e models through torch.compile")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--gpu-batch", type=int, default=256, help="images per decode_batch call and per forward")
     p.add_argument("--json", default=None)
@@ -178,14 +216,17 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  {name} {size}: done", file=sys.stderr, flush=True)
     if args.e2e:
         for model in args.e2e_models:
-            matcher = bench_matcher(model, device, args.gpu_batch)
-            for name, images, titles in sets:
-                if titles:
-                    n = args.e2e_limit or len(images)
-                    e2e += e2e_rows(name, images[:n], titles[:n], matcher, args.repeats)
-                    print(f"  e2e {model} {name}: {e2e[-2]['listings_per_s']} / {e2e[-1]['listings_per_s']} "
-                          "listings/s", file=sys.stderr, flush=True)
-            del matcher
+            for precision in args.e2e_precision:
+                matcher = bench_matcher(model, device, args.gpu_batch, precision, args.e2e_compile)
+                for name, images, titles in sets:
+                    if titles:
+                        n = args.e2e_limit or len(images)
+                        e2e += e2e_rows(name, images[:n] * args.e2e_tile, titles[:n] * args.e2e_tile, matcher,
+                                        args.repeats)
+                        print(f"  e2e {model} {matcher.precision} {name}: "
+                              + " / ".join(str(r["listings_per_s"]) for r in e2e[-3:]) + " listings/s",
+                              file=sys.stderr, flush=True)
+                del matcher
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads"
           + (f", {torch.cuda.get_device_name(device)}" if device.type == "cuda" else ""))
     print(f"{'images':<40} {'source':>9} {'input':>5} {'method':<30} {'device':<11} {'images/s':>10} {'(min-max)':>20}")
@@ -193,11 +234,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{r['images'][-40:]:<40} {r['source_px']:>9} {r['input']:>5} {r['method']:<30} {r['device']:<11} "
               f"{r['images_per_s']:>10.1f} {str(r['min_max']):>20}")
     if e2e:
-        print(f"\n{'images':<40} {'model':<6} {'input':>5} {'method':<15} {'device':<7} {'prec':<5} {'batch':>5} "
+        print(f"\n{'images':<40} {'model':<6} {'input':>5} {'method':<15} {'device':<7} {'prec':<20} {'batch':>5} "
               f"{'listings/s':>10} {'(min-max)':>20}")
         for r in e2e:
             print(f"{r['images'][-40:]:<40} {r['model']:<6} {r['input']:>5} {r['method']:<15} {r['device']:<7} "
-                  f"{r['precision']:<5} {r['batch']:>5} {r['listings_per_s']:>10.1f} {str(r['min_max']):>20}")
+                  f"{r['precision']:<20} {r['batch']:>5} {r['listings_per_s']:>10.1f} {str(r['min_max']):>20}")
     if args.json:
         Path(args.json).write_text(json.dumps({"torch": torch.__version__, "decoder": decoder, "rows": rows,
                                                "e2e": e2e}, indent=1) + "\n")

@@ -8,6 +8,9 @@
 # Run from the repository root. Wheels in .whl/ (if any) are installed into /tmp/site first.
 # Each part is time-boxed (about 4.5 minutes in all on an H100). DEVICE=cpu QUICK=1 is the
 # small run that checks this script on a machine without a GPU; PYTHON picks the interpreter.
+# PROFILE=paper is the shorter run for the paper config's targets: autocast against bf16
+# weights (``precision="bf16-weights"``), compiled, and decode + compiled forward with the
+# decode of the next batch pipelined, on the 224x224 shards (about 5 minutes).
 set -u
 OUT=${1:?usage: bash bench/gpu.sh OUTDIR DATA_DIR}
 DATA=${2:?usage: bash bench/gpu.sh OUTDIR DATA_DIR}
@@ -42,7 +45,7 @@ command -v nvidia-smi > /dev/null && nvidia-smi --query-gpu=name,driver_version,
 DATA_ARGS=(); CHECK_DATA=()
 for d in 224 60x80; do
   if compgen -G "$DATA/$d/*.parquet" > /dev/null; then
-    DATA_ARGS+=(--data "$DATA/$d/*.parquet"); CHECK_DATA=(--data "$DATA/$d/*.parquet")
+    DATA_ARGS+=(--data "$DATA/$d/*.parquet"); CHECK_DATA+=(--data "$DATA/$d/*.parquet")
   fi
 done
 [ ${#DATA_ARGS[@]} -gt 0 ] || echo "no Parquet shards under $DATA/224 or $DATA/60x80: decode and check parts skipped" >&2
@@ -52,6 +55,13 @@ if [ "${QUICK:-0}" = 1 ]; then
   COMPILE=(--configs tiny --compile-batch-sizes 4 --batch-sizes 4 --repeats 2 --min-seconds 0.1 --matmul-n 512)
   DECODE=(--limit 32 --sizes 80 --synthetic 0 --repeats 1 --gpu-batch 16 --e2e-limit 16)
   T_CHECK=120 T_MODEL=200 T_DECODE=300 T_COMPILE=300
+elif [ "${PROFILE:-}" = paper ]; then
+  CHECK=(--limit 512); MODEL=(--configs paper --dtypes bf16 bf16w --batch-sizes 256 1024 --repeats 5 --min-seconds 0.25)
+  COMPILE=(--configs paper --compile-batch-sizes 256 --batch-sizes 256 --repeats 5 --min-seconds 0.25)
+  DECODE=(--limit 1024 --sizes 224 --synthetic 0 --repeats 3 --gpu-batch 256 --no-pillow --e2e-models paper
+          --e2e-precision bf16-weights --e2e-compile --e2e-tile 4)
+  [ -d "$DATA/224" ] && DATA_ARGS=(--data "$DATA/224/*.parquet")
+  T_CHECK=50 T_MODEL=35 T_DECODE=100 T_COMPILE=90
 else
   CHECK=(--limit 1024); MODEL=(--configs paper base --batch-sizes 64 256 1024 --repeats 5 --min-seconds 0.25)
   COMPILE=(--configs paper base --compile-batch-sizes 256 --batch-sizes 256 --repeats 5 --min-seconds 0.25)
@@ -70,11 +80,12 @@ run() {  # name seconds command...
 }
 
 [ ${#CHECK_DATA[@]} -gt 0 ] && run check "$T_CHECK" "$PY" bench/fastpath_check.py "${CHECK_DATA[@]}" "${CHECK[@]}" \
-  --device "$DEVICE" --json "$OUT/check.json"
+  --device "$DEVICE" --json "$OUT/check.json" --dump "$OUT/worst.npz"
 run model "$T_MODEL" "$PY" bench/model.py --prune --device "$DEVICE" "${MODEL[@]}" --json "$OUT/model.json"
 [ ${#DATA_ARGS[@]} -gt 0 ] && run decode "$T_DECODE" "$PY" bench/decode.py "${DATA_ARGS[@]}" "${DECODE[@]}" \
   --batched --e2e --device "$DEVICE" --json "$OUT/decode.json"
-run compile "$T_COMPILE" "$PY" bench/model.py --prune --device "$DEVICE" --dtypes bf16+compile "${COMPILE[@]}" \
+run compile "$T_COMPILE" "$PY" bench/model.py --prune --device "$DEVICE" --dtypes bf16+compile \
+  $([ "${PROFILE:-}" = paper ] && echo bf16w+compile) "${COMPILE[@]}" \
   --json "$OUT/compile.json"
 
 echo

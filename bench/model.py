@@ -14,6 +14,7 @@ chosen after warm-up so a repeat lasts about --min-seconds); on the CPU with the
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import platform
 import resource
@@ -30,10 +31,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from ecomatch_model.checkpoint import build_model, load_checkpoint  # noqa: E402
 from ecomatch_model.cli import gflops_per_listing  # noqa: E402
 from ecomatch_model.config import get_config  # noqa: E402
+from ecomatch_model.model import towers_to  # noqa: E402
 from ecomatch_model.prune import prune_model  # noqa: E402
 from ecomatch_model.text import Lexicon, Vocabulary  # noqa: E402
 
-MODES = ("fp32", "bf16", "bf16+compile")
+# bf16: autocast; bf16w: the towers held in bf16 (``Matcher(precision="bf16-weights")``).
+MODES = ("fp32", "bf16", "bf16+compile", "bf16w", "bf16w+compile")
 
 
 def make_inputs(model, batch: int, device: torch.device):
@@ -52,7 +55,7 @@ def make_inputs(model, batch: int, device: torch.device):
 
 
 def autocast(device: torch.device, dtype: str):
-    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=dtype.startswith("bf16"))
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=dtype.split("+")[0] == "bf16")
 
 
 def repeat_rates(fn: Callable[[], object], per_call: int, device: torch.device, repeats: int,
@@ -141,7 +144,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.compile and "bf16+compile" not in modes:
         modes.append("bf16+compile")
     n = args.matmul_n or (8192 if cuda else 1024)
-    ceilings = {d: round(matmul_ceiling(device, d, n), 2) for d in sorted({m.split("+")[0] for m in modes})}
+    ceilings = {d: round(matmul_ceiling(device, d, n), 2) for d in sorted({m.split("+")[0].rstrip("w") for m in modes})}
     models = [config_model(name, args.prune) for name in args.configs]
     models += [(path, load_checkpoint(path).model) for path in args.model]
     rows = []
@@ -150,7 +153,8 @@ def main(argv: list[str] | None = None) -> int:
         model = model.to(device).eval()
         for mode in modes:
             compiled = mode.endswith("+compile")
-            run = torch.compile(model, dynamic=False) if compiled else model
+            held = towers_to(copy.deepcopy(model), torch.bfloat16) if mode.startswith("bf16w") else model
+            run = torch.compile(held, dynamic=False) if compiled else held
             for batch in (args.compile_batch_sizes or args.batch_sizes) if compiled else args.batch_sizes:
                 if cuda:
                     torch.cuda.empty_cache()
@@ -170,8 +174,8 @@ def main(argv: list[str] | None = None) -> int:
                              "min_max": [round(min(rates), 1), round(max(rates), 1)],
                              "gflop_per_listing": round(gflop, 4), "achieved_gflop_s": round(med * gflop, 1),
                              "achieved_tflop_s": round(tflops, 3),
-                             "ceiling_tflop_s": ceilings[mode.split("+")[0]],
-                             "share_of_ceiling": round(tflops / ceilings[mode.split("+")[0]], 4),
+                             "ceiling_tflop_s": ceilings[mode.split("+")[0].rstrip("w")],
+                             "share_of_ceiling": round(tflops / ceilings[mode.split("+")[0].rstrip("w")], 4),
                              "peak_mib": round(peak, 1), "seconds": round(time.perf_counter() - t0, 1)})
                 print(f"  {name} {mode} batch {batch}: {med:.1f} listings/s", file=sys.stderr, flush=True)
     gpu = torch.cuda.get_device_name(device) if cuda else ""

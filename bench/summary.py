@@ -15,7 +15,10 @@ PARTS = ("check", "model", "compile", "decode")
 def rows(part: str, data: dict) -> list[list[str]]:
     if part == "check":
         return [["check", c["check"], "", "", f"max {c['max_abs_diff']}, mean {c['mean_abs_diff']}"
-                 + (f", flags flipped {c['flag_flips']:.1%}" if "flag_flips" in c else ""), "abs diff",
+                 + (f", flags flipped {c['flag_flips']:.1%}, p99 per listing {c['p99_listing_diff']}, "
+                    f"{c['listings_over_limit']} listings over the limit" if "flag_flips" in c else "")
+                 + (f"; pixels max {c['pixel_max']}, mean {c['pixel_mean']}, p99.9 {c['pixel_p999']}"
+                    if "pixel_max" in c else ""), "abs diff",
                  ("PASS" if c["ok"] else "FAIL") + f" (limit {c['limit']})"] for c in data["checks"]]
     if part in ("model", "compile"):
         return [["model forward", r["model"], r["dtype"], str(r["batch"]), f"{r['listings_per_s']:,.0f}", "listings/s",

@@ -221,14 +221,14 @@ class DualMatcher(nn.Module):
 
     def encode_image(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """pixels (B, 3, S, S) -> compressed tokens (B, N, E), normalised embedding (B, E)."""
-        tokens, pooled = self.image(pixels)
-        tokens = self.img_compress(tokens)                       # (B, N, D) -> (B, N, E)
+        tokens, pooled = self.image(pixels.to(self.image.pos.dtype))   # towers may be held in bf16
+        tokens = self.img_compress(tokens.to(self.img_compress.weight.dtype))  # (B, N, D) -> (B, N, E)
         return tokens, F.normalize(self.img_head(tokens.mean(1)), dim=-1)
 
     def encode_text(self, ids: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """ids, mask (B, L) -> compressed states (B, L, E), normalised embedding (B, E)."""
         states, _ = self.text(ids, mask)
-        states = self.txt_compress(states)                        # (B, L, D) -> (B, L, E)
+        states = self.txt_compress(states.to(self.txt_compress.weight.dtype))  # (B, L, D) -> (B, L, E)
         pooled = masked_mean(states, pool_weights(mask))          # (B, L, E) -> (B, E)
         return states, F.normalize(self.txt_head(pooled), dim=-1)
 
@@ -251,6 +251,14 @@ class DualMatcher(nn.Module):
         logits, score, attn = self.attend(img_tokens, txt_states, attr_mask, attr_valid, attr_value)
         match = (img_emb * txt_emb).sum(-1)
         return MatchOutput(img_emb, txt_emb, match, logits, score, attn)
+
+
+def towers_to(model: DualMatcher, dtype: torch.dtype) -> DualMatcher:
+    """Hold the image and text towers (nearly all of the FLOPs) in ``dtype``, their
+    activations too; AGA and the heads stay float32. In place; returns ``model``."""
+    model.image.to(dtype)
+    model.text.to(dtype)
+    return model
 
 
 def count_parameters(model: nn.Module) -> int:

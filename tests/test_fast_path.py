@@ -233,3 +233,19 @@ def test_torchvision_decode_matches_pillow():
         got = decode_batch(images, size, "cpu").numpy().astype(int)
         ref = np.stack([to_uint8(x, size) for x in images]).astype(int)
         assert np.abs(got - ref).mean() < 2.0, (w, h, size)   # libjpeg builds and IDCTs may differ by a level
+
+
+def test_bf16_weights_hold_the_towers_in_bf16_and_score_close_to_fp32(tiny_ckpt):
+    images = [photo(60, 80, i) for i in range(4)]
+    attrs = [[], [("colour", "red")], [], [("pattern", "striped")]]
+    ref = Matcher(tiny_ckpt, device="cpu").score(images, TITLES, attrs)
+    m = Matcher(tiny_ckpt, device="cpu", precision="bf16-weights")
+    assert {p.dtype for p in m.model.image.parameters()} == {torch.bfloat16}
+    assert {p.dtype for p in m.model.text.parameters()} == {torch.bfloat16}
+    assert m.model.aga.q.weight.dtype == torch.float32
+    assert {p.dtype for p in tiny_ckpt.model.parameters()} == {torch.float32}   # the checkpoint is untouched
+    got = m.score(images, TITLES, attrs)
+    out = m.forward(m.pixels(images), m.encode_texts(TITLES, attrs))
+    assert all(t.dtype == torch.float32 for t in (out.match, out.attr_score, out.attr_logits, out.attention))
+    diff = np.abs(score_values(got) - score_values(ref))
+    assert 0 < diff.max() < BF16_TOL
