@@ -1,12 +1,16 @@
 """Python API: ``load()`` a checkpoint and score listings with a :class:`Matcher`.
 
-On CUDA a Matcher takes the fast path by itself: bf16 autocast (scores come back as
-float32), batches of ``GPU_BATCH_SIZE``, inputs copied from pinned memory on a side stream
+On CUDA a Matcher takes the fast path by itself: the two towers held in bf16 with AGA and
+the heads in float32 (``precision="bf16-weights"``; scores come back as float32), batches of ``GPU_BATCH_SIZE``, inputs copied from pinned memory on a side stream
 so one batch's copy overlaps another's compute, uint8 pixels normalised on the device,
-and, when asked (``gpu_decode=True``), :meth:`Matcher.score` decoding JPEGs in batches on
-the GPU (``decode_batch``). GPU decode is off by default: on an H100 its scores differed from
-the Pillow path's by up to 0.18 (mean 0.002) on real listings, over the 0.08 tolerance.
-``compile=True`` adds ``torch.compile``. On the CPU nothing changes unless asked
+and :meth:`Matcher.score` decoding JPEGs in batches on the GPU (``decode_batch``) where
+torchvision is present, for photos at least ``GPU_DECODE_MIN_FACTOR`` times the model
+input; smaller photos, other formats and everything nvJPEG refuses take Pillow on the CPU.
+Measured on an H100 against the Pillow path (fp32 both): 224x224 photos at 80x80 moved
+scores by at most 0.015; 60x80 photos decoded on the GPU at 80x80 moved one score in 512 by
+0.087 (chroma upsampling), over the 0.08 tolerance, which is why those stay on Pillow.
+``gpu_decode=False`` turns GPU decode off. ``precision="bf16"`` is autocast instead (4% to
+16% slower on an H100), ``"fp32"`` reproduces the CPU's scores. ``compile=True`` adds ``torch.compile``. On the CPU nothing changes unless asked
 (``precision="bf16"`` works there too, which is how the tests check its tolerance).
 """
 from __future__ import annotations
@@ -38,6 +42,8 @@ GPU_BATCH_SIZE = 512            # paper at 224x224 in bf16 needs about 10 GiB of
 # held in bf16, activations too (half the memory traffic of autocast's float32 residual
 # stream), with AGA and the heads in float32.
 PRECISIONS = ("fp32", "bf16", "bf16-weights")
+# GPU decode takes only JPEGs at least this many times the model input (see decode_batch).
+GPU_DECODE_MIN_FACTOR = 2
 
 
 @dataclass
@@ -161,12 +167,12 @@ class Matcher:
     ``embed_images`` / ``embed_texts`` return L2-normalised (B, E) numpy arrays.
     ``batch_size`` defaults to ``GPU_BATCH_SIZE`` on CUDA, else ``CPU_BATCH_SIZE``;
     ``precision`` ("fp32", "bf16" autocast or "bf16-weights", see ``PRECISIONS``) defaults
-    to bf16 on CUDA, else fp32;
+    to bf16-weights on CUDA, else fp32;
     ``compile`` runs the forward through ``torch.compile``.
     """
 
     def __init__(self, ckpt: Checkpoint, name: str = "", device: str | None = None, batch_size: int | None = None,
-                 *, precision: str | None = None, compile: bool = False, gpu_decode: bool = False):
+                 *, precision: str | None = None, compile: bool = False, gpu_decode: bool | None = None):
         self.ckpt = ckpt
         self.name = name
         self.device = pick_device(device)
@@ -177,13 +183,13 @@ class Matcher:
         self.thresholds = dict(ckpt.thresholds)
         cuda = self.device.type == "cuda"
         self.batch_size = batch_size or (GPU_BATCH_SIZE if cuda else CPU_BATCH_SIZE)
-        self.precision = precision or ("bf16" if cuda else "fp32")
+        self.precision = precision or ("bf16-weights" if cuda else "fp32")
         if self.precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
         if self.precision == "bf16-weights":   # on a copy: the checkpoint's model stays float32
             self.model = towers_to(copy.deepcopy(self.model), torch.bfloat16)
         self._compiled = torch.compile(self.model) if compile else None
-        self.gpu_decode = gpu_decode
+        self.gpu_decode = cuda if gpu_decode is None else gpu_decode     # on by default on CUDA
 
     @property
     def image_size(self) -> int:
@@ -241,7 +247,7 @@ class Matcher:
         """Images -> model input: with ``gpu_decode`` on CUDA (B, 3, S, S) uint8 decoded in a
         batch on the GPU (Pillow for what nvJPEG does not take), else float32 normalised on the CPU."""
         if self.device.type == "cuda" and self.gpu_decode:
-            return decode_batch(images, self.image_size, self.device)
+            return decode_batch(images, self.image_size, self.device, min_factor=GPU_DECODE_MIN_FACTOR)
         return preprocess(images, self.image_size)
 
     # ------------------------------------------------------------------ public API
@@ -277,7 +283,7 @@ class Matcher:
 
 
 def load(path_or_name: str = "default", device: str | None = None, batch_size: int | None = None,
-         *, precision: str | None = None, compile: bool = False, gpu_decode: bool = False) -> Matcher:
+         *, precision: str | None = None, compile: bool = False, gpu_decode: bool | None = None) -> Matcher:
     """Load a checkpoint (bundled name, local directory or fsspec URL such as ``gs://``);
     the keywords are :class:`Matcher`'s."""
     location = resolve_model_path(path_or_name)

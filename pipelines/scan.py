@@ -91,10 +91,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default=None, choices=["cuda", "cpu"],
                    help="scoring device on the workers (default: CUDA where present, else the CPU)")
     p.add_argument("--precision", default=None, choices=["fp32", "bf16", "bf16-weights"],
-                   help="scoring precision (default: bf16 autocast on CUDA, fp32 on the CPU; bf16-weights holds "
-                        "the two towers in bf16, faster on a GPU; bf16 moves scores "
-                        "by up to about 0.05 and flips about 1%% of verdicts near a threshold, so use fp32 to "
-                        "reproduce CPU verdicts exactly)")
+                   help="scoring precision (default: bf16-weights on CUDA, the two towers held in bf16; fp32 "
+                        "on the CPU; bf16 is autocast. Both bf16 modes move scores by up to about 0.02 and can "
+                        "flip a verdict near a threshold, so use fp32 to reproduce CPU verdicts exactly)")
     p.add_argument("--compile", action="store_true", help="run the model through torch.compile on the workers")
     p.add_argument("--skip-bad-files", action="store_true",
                    help="report an input file that is not Parquet or has the wrong schema, or a row group that "

@@ -249,3 +249,23 @@ def test_bf16_weights_hold_the_towers_in_bf16_and_score_close_to_fp32(tiny_ckpt)
     assert all(t.dtype == torch.float32 for t in (out.match, out.attr_score, out.attr_logits, out.attention))
     diff = np.abs(score_values(got) - score_values(ref))
     assert 0 < diff.max() < BF16_TOL
+
+
+def test_min_factor_keeps_photos_seen_at_their_own_size_on_pillow():
+    small, large = photo(60, 80, 0), photo(224, 224, 1)     # 1x and 2x an 80x80 input
+    seen = []
+
+    def recording(data, device):
+        seen.append(len(data))
+        return pillow_decoder(data, device)
+    got = decode_batch([small, large, small], 80, "cpu", decoder=recording, min_factor=2).numpy()
+    assert seen == [1]                                      # only the 224x224 photo went to the decoder
+    assert np.array_equal(got[0], to_uint8(small, 80)) and np.array_equal(got[2], to_uint8(small, 80))
+    seen.clear()
+    decode_batch([small, large], 80, "cpu", decoder=recording)  # min_factor=1: both
+    assert seen == [2]
+    assert Matcher.__init__.__kwdefaults__["gpu_decode"] is None   # None: on for CUDA, off on the CPU
+
+
+def test_gpu_decode_is_off_on_the_cpu(tiny_ckpt):
+    assert Matcher(tiny_ckpt, device="cpu").gpu_decode is False

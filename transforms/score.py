@@ -4,7 +4,7 @@ The model is loaded once per process (Beam's shared handle) or, when CUDA is pre
 the worker or ``model_copies`` is set, once per VM in a process shared by all SDK worker
 processes (``share_model_across_processes``): one model per GPU, fed by every process. The
 device is chosen once at load: CUDA when present, else the CPU with a log line. On CUDA
-the :class:`Matcher` fast path applies (bf16 autocast, pinned non-blocking copies of uint8
+the :class:`Matcher` fast path applies (towers in bf16, pinned non-blocking copies of uint8
 pixels normalised on the GPU, optional ``torch.compile``) and the default batch is
 ``GPU_BATCH_SIZE``. ``BatchElements`` makes batches of exactly
 ``batch_size`` listings (only a bundle's last batch is shorter), and a short batch is padded
