@@ -28,7 +28,7 @@ import torch
 
 from .checkpoint import Checkpoint, load_checkpoint
 from .model import MatchOutput, towers_to
-from .preprocess import ImageInput, decode_batch, normalize, preprocess
+from .preprocess import ImageInput, decode_batch, normalize, preprocess, torchvision_jpeg_decoder
 from .text import EncodedText, TextEncoder
 
 log = logging.getLogger(__name__)
@@ -189,7 +189,8 @@ class Matcher:
         if self.precision == "bf16-weights":   # on a copy: the checkpoint's model stays float32
             self.model = towers_to(copy.deepcopy(self.model), torch.bfloat16)
         self._compiled = torch.compile(self.model) if compile else None
-        self.gpu_decode = cuda if gpu_decode is None else gpu_decode     # on by default on CUDA
+        # On by default on CUDA where torchvision can decode (else Pillow's path, as on the CPU).
+        self.gpu_decode = (cuda and torchvision_jpeg_decoder() is not None) if gpu_decode is None else gpu_decode
 
     @property
     def image_size(self) -> int:

@@ -288,7 +288,7 @@ def decode_batch(images: Sequence[ImageInput], size: int, device: str | torch.de
             batch = F.avg_pool2d(batch.float(), f, ceil_mode=True).round_().to(torch.uint8)  # -> (b, 3, H/f, W/f)
         out[[fast[k] for k in ks]] = letterbox_tensor(batch, size)
     done = set(fast)
-    for i, data in enumerate(images):
-        if i not in done:
-            out[i] = torch.from_numpy(to_uint8(data, size, max_pixels)).to(device)
+    rest = [i for i in range(len(images)) if i not in done]
+    if rest:    # Pillow's share, copied to the device in one piece
+        out[rest] = torch.from_numpy(np.stack([to_uint8(images[i], size, max_pixels) for i in rest])).to(device)
     return out
