@@ -10,7 +10,8 @@
 # small run that checks this script on a machine without a GPU; PYTHON picks the interpreter.
 # PROFILE=paper is the shorter run for the paper config's targets: autocast against bf16
 # weights (``precision="bf16-weights"``), compiled, and decode + compiled forward with the
-# decode of the next batch pipelined, on the 224x224 shards (about 5 minutes).
+# decode of the next batch pipelined, on the 224x224 shards (about 5 minutes). COMPILE_MODE
+# passes a torch.compile mode to the compiled rows (reduce-overhead, max-autotune, ...).
 set -u
 OUT=${1:?usage: bash bench/gpu.sh OUTDIR DATA_DIR}
 DATA=${2:?usage: bash bench/gpu.sh OUTDIR DATA_DIR}
@@ -84,6 +85,7 @@ run() {  # name seconds command...
 run model "$T_MODEL" "$PY" bench/model.py --prune --device "$DEVICE" "${MODEL[@]}" --json "$OUT/model.json"
 [ ${#DATA_ARGS[@]} -gt 0 ] && run decode "$T_DECODE" "$PY" bench/decode.py "${DATA_ARGS[@]}" "${DECODE[@]}" \
   --batched --e2e --device "$DEVICE" --json "$OUT/decode.json"
+[ -n "${COMPILE_MODE:-}" ] && COMPILE+=(--compile-mode "$COMPILE_MODE")   # e.g. reduce-overhead, max-autotune
 run compile "$T_COMPILE" "$PY" bench/model.py --prune --device "$DEVICE" --dtypes bf16+compile \
   $([ "${PROFILE:-}" = paper ] && echo bf16w+compile) "${COMPILE[@]}" \
   --json "$OUT/compile.json"

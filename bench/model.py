@@ -130,6 +130,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--compile", action="store_true", help="add the bf16+compile mode")
     p.add_argument("--compile-batch-sizes", nargs="*", type=int, default=None,
                    help="batch sizes for bf16+compile (default: --batch-sizes; each size compiles once)")
+    p.add_argument("--compile-mode", default=None,
+                   choices=["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"],
+                   help="torch.compile mode for the +compile modes (reduce-overhead: CUDA graphs)")
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--min-seconds", type=float, default=1.0)
     p.add_argument("--matmul-n", type=int, default=None, help="ceiling matmul size (default 8192 CUDA, 1024 CPU)")
@@ -154,7 +157,7 @@ def main(argv: list[str] | None = None) -> int:
         for mode in modes:
             compiled = mode.endswith("+compile")
             held = towers_to(copy.deepcopy(model), torch.bfloat16) if mode.startswith("bf16w") else model
-            run = torch.compile(held, dynamic=False) if compiled else held
+            run = torch.compile(held, dynamic=False, mode=args.compile_mode) if compiled else held
             for batch in (args.compile_batch_sizes or args.batch_sizes) if compiled else args.batch_sizes:
                 if cuda:
                     torch.cuda.empty_cache()
@@ -170,6 +173,7 @@ def main(argv: list[str] | None = None) -> int:
                         else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
                 tflops = med * gflop / 1e3
                 rows.append({"model": name, "device": str(device), "dtype": mode, "compile": compiled,
+                             "compile_mode": (args.compile_mode or "default") if compiled else None,
                              "batch": batch, "listings_per_s": round(med, 1),
                              "min_max": [round(min(rates), 1), round(max(rates), 1)],
                              "gflop_per_listing": round(gflop, 4), "achieved_gflop_s": round(med * gflop, 1),
