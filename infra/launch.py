@@ -39,7 +39,7 @@ GPU_OPTIONS = {
     "max_num_workers": "8",
     "disk_size_gb": "50",                   # room for the CUDA + torch image
     "sdk_location": "container",            # Beam is in the image: stage no SDK
-    # Scan option, not Beam's: the launcher has no GPU, so say the workers score on CUDA (bf16,
+    # Scan option, not Beam's: the launcher has no GPU, so say the workers score on CUDA (towers in bf16,
     # batches of 512, one shared model per VM) instead of letting the launcher's CPU decide.
     "device": "cuda",
 }
