@@ -1,8 +1,9 @@
 """Python API: ``load()`` a checkpoint and score listings with a :class:`Matcher`.
 
 On CUDA a Matcher takes the fast path by itself: the two towers held in bf16 with AGA and
-the heads in float32 (``precision="bf16-weights"``; scores come back as float32), batches of ``GPU_BATCH_SIZE``, inputs copied from pinned memory on a side stream
-so one batch's copy overlaps another's compute, uint8 pixels normalised on the device,
+the heads in float32 (``precision="bf16-weights"``; scores come back as float32), batches
+of ``GPU_BATCH_SIZE``, inputs copied from pinned memory on a side stream so one batch's
+copy overlaps another's compute, uint8 pixels normalised on the device,
 and :meth:`Matcher.score` decoding JPEGs in batches on the GPU (``decode_batch``) where
 torchvision is present, for photos at least ``GPU_DECODE_MIN_FACTOR`` times the model
 input; smaller photos, other formats and everything nvJPEG refuses take Pillow on the CPU.
@@ -10,7 +11,8 @@ Measured on an H100 against the Pillow path (fp32 both): 224x224 photos at 80x80
 scores by at most 0.015; 60x80 photos decoded on the GPU at 80x80 moved one score in 512 by
 0.087 (chroma upsampling), over the 0.08 tolerance, which is why those stay on Pillow.
 ``gpu_decode=False`` turns GPU decode off. ``precision="bf16"`` is autocast instead (4% to
-16% slower on an H100), ``"fp32"`` reproduces the CPU's scores. ``compile=True`` adds ``torch.compile``. On the CPU nothing changes unless asked
+16% slower on an H100), ``"fp32"`` reproduces the CPU's scores. ``compile=True`` adds
+``torch.compile``. On the CPU nothing changes unless asked
 (``precision="bf16"`` works there too, which is how the tests check its tolerance).
 """
 from __future__ import annotations
