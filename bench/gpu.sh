@@ -10,7 +10,7 @@
 # small run that checks this script on a machine without a GPU; PYTHON picks the interpreter.
 # PROFILE=paper is the shorter run for the paper config's targets: autocast against bf16
 # weights (``precision="bf16-weights"``), compiled, and decode + compiled forward with the
-# decode of the next batch pipelined, on the 224x224 shards (about 5 minutes). COMPILE_MODE
+# decode of the next batch pipelined, on the 224x224 shards (157 s on an H100). COMPILE_MODE
 # passes a torch.compile mode to the compiled rows (reduce-overhead, max-autotune, ...).
 set -u
 OUT=${1:?usage: bash bench/gpu.sh OUTDIR DATA_DIR}
