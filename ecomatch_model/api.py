@@ -178,18 +178,19 @@ class Matcher:
         self.ckpt = ckpt
         self.name = name
         self.device = pick_device(device)
-        self.model = ckpt.model.to(self.device).eval()
+        cuda = self.device.type == "cuda"
+        self.precision = precision or ("bf16-weights" if cuda else "fp32")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
+        model = ckpt.model
+        if self.precision == "bf16-weights":   # a copy, made where the checkpoint is: its model stays float32
+            model = towers_to(copy.deepcopy(model), torch.bfloat16)
+        self.model = model.to(self.device).eval()
         self.cfg = ckpt.model.cfg
         self.lexicon = ckpt.lexicon
         self.text_encoder = TextEncoder(ckpt.vocab, ckpt.lexicon, self.cfg.text.max_len, self.cfg.max_attrs)
         self.thresholds = dict(ckpt.thresholds)
-        cuda = self.device.type == "cuda"
         self.batch_size = batch_size or (GPU_BATCH_SIZE if cuda else CPU_BATCH_SIZE)
-        self.precision = precision or ("bf16-weights" if cuda else "fp32")
-        if self.precision not in PRECISIONS:
-            raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
-        if self.precision == "bf16-weights":   # on a copy: the checkpoint's model stays float32
-            self.model = towers_to(copy.deepcopy(self.model), torch.bfloat16)
         self._compiled = torch.compile(self.model) if compile else None
         # On by default on CUDA where torchvision can decode (else Pillow's path, as on the CPU).
         self.gpu_decode = (cuda and torchvision_jpeg_decoder() is not None) if gpu_decode is None else gpu_decode
