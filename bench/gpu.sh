@@ -10,8 +10,10 @@
 # small run that checks this script on a machine without a GPU; PYTHON picks the interpreter.
 # PROFILE=paper is the shorter run for the paper config's targets: autocast against bf16
 # weights (``precision="bf16-weights"``), compiled, and decode + compiled forward with the
-# decode of the next batch pipelined, on the 224x224 shards (157 s on an H100). COMPILE_MODE
-# passes a torch.compile mode to the compiled rows (reduce-overhead, max-autotune, ...).
+# decode of the next batch pipelined, on the 224x224 shards (157 s on an H100), then the
+# model as trained (--as-loaded: without for_inference's folded BatchNorms, NHWC stem and
+# aligned MLP widths) and with autotuned GEMMs (max-autotune-no-cudagraphs, T_TUNED seconds).
+# COMPILE_MODE passes a torch.compile mode to the compiled rows (reduce-overhead, ...).
 set -u
 OUT=${1:?usage: bash bench/gpu.sh OUTDIR DATA_DIR}
 DATA=${2:?usage: bash bench/gpu.sh OUTDIR DATA_DIR}
@@ -58,7 +60,7 @@ if [ "${QUICK:-0}" = 1 ]; then
   T_CHECK=120 T_MODEL=200 T_DECODE=300 T_COMPILE=300
 elif [ "${PROFILE:-}" = paper ]; then
   CHECK=(--limit 512); MODEL=(--configs paper --dtypes bf16 bf16w --batch-sizes 256 1024 --repeats 5 --min-seconds 0.25)
-  COMPILE=(--configs paper --compile-batch-sizes 256 --batch-sizes 256 --repeats 5 --min-seconds 0.25)
+  COMPILE=(--configs paper --compile-batch-sizes 256 512 --batch-sizes 256 --repeats 5 --min-seconds 0.25 --profile 25)
   DECODE=(--limit 1024 --sizes 224 --synthetic 0 --repeats 3 --gpu-batch 256 --no-pillow --e2e-models paper
           --e2e-precision bf16-weights --e2e-compile --e2e-tile 4)
   [ -d "$DATA/224" ] && DATA_ARGS=(--data "$DATA/224/*.parquet")
@@ -89,6 +91,16 @@ run model "$T_MODEL" "$PY" bench/model.py --prune --device "$DEVICE" "${MODEL[@]
 run compile "$T_COMPILE" "$PY" bench/model.py --prune --device "$DEVICE" --dtypes bf16+compile \
   $([ "${PROFILE:-}" = paper ] && echo bf16w+compile) "${COMPILE[@]}" \
   --json "$OUT/compile.json"
+
+if [ "${PROFILE:-}" = paper ]; then   # the same rows without for_inference's preparation, then autotuned GEMMs
+  run model-as-loaded 30 "$PY" bench/model.py --prune --as-loaded --device "$DEVICE" --configs paper --dtypes bf16w \
+    --batch-sizes 1024 --repeats 5 --min-seconds 0.25 --json "$OUT/model-as-loaded.json"
+  run compile-as-loaded 60 "$PY" bench/model.py --prune --as-loaded --device "$DEVICE" --configs paper \
+    --dtypes bf16w+compile --compile-batch-sizes 256 --repeats 5 --min-seconds 0.25 --json "$OUT/compile-as-loaded.json"
+  run compile-tuned "${T_TUNED:-150}" "$PY" bench/model.py --prune --device "$DEVICE" --configs paper \
+    --dtypes bf16w+compile --compile-batch-sizes 256 --compile-mode max-autotune-no-cudagraphs --repeats 5 \
+    --min-seconds 0.25 --json "$OUT/compile-tuned.json"
+fi
 
 echo
 echo "== summary ($(date -u +%Y-%m-%dT%H:%MZ), device $DEVICE, ${SECONDS}s in all)"

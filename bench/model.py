@@ -31,7 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from ecomatch_model.checkpoint import build_model, load_checkpoint  # noqa: E402
 from ecomatch_model.cli import gflops_per_listing  # noqa: E402
 from ecomatch_model.config import get_config  # noqa: E402
-from ecomatch_model.model import towers_to  # noqa: E402
+from ecomatch_model.model import for_inference, towers_to  # noqa: E402
 from ecomatch_model.prune import prune_model  # noqa: E402
 from ecomatch_model.text import Lexicon, Vocabulary  # noqa: E402
 
@@ -99,6 +99,20 @@ def time_forward(model, inputs, dtype: str, repeats: int, min_seconds: float) ->
         return repeat_rates(lambda: model(*inputs), inputs[0].shape[0], device, repeats, min_seconds)
 
 
+def kernel_table(model, inputs, dtype: str, top: int, iters: int = 5) -> str:
+    """The ``top`` operators and kernels by device time over ``iters`` forwards (torch.profiler)."""
+    from torch.profiler import ProfilerActivity, profile
+    device = inputs[0].device
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    with torch.inference_mode(), autocast(device, dtype), profile(activities=activities) as prof:
+        for _ in range(iters):
+            model(*inputs)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+    key = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
+    return prof.key_averages().table(sort_by=key, row_limit=top, max_name_column_width=70)
+
+
 def matmul_ceiling(device: torch.device, dtype: str, n: int, repeats: int = 3, min_seconds: float = 0.3) -> float:
     """TFLOP/s of an n x n x n matrix product in ``dtype`` (bf16 or fp32 operands): the
     ceiling the model's dense work is compared with."""
@@ -133,6 +147,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--compile-mode", default=None,
                    choices=["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"],
                    help="torch.compile mode for the +compile modes (reduce-overhead: CUDA graphs)")
+    p.add_argument("--as-loaded", action="store_true",
+                   help="time the model as trained instead of as Matcher holds it (ecomatch_model.model."
+                        "for_inference: BatchNorms folded; on CUDA NHWC stem, MLP widths padded to 8)")
+    p.add_argument("--profile", type=int, default=0, metavar="N",
+                   help="after each row, print the N operators and kernels with the most device time")
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--min-seconds", type=float, default=1.0)
     p.add_argument("--matmul-n", type=int, default=None, help="ceiling matmul size (default 8192 CUDA, 1024 CPU)")
@@ -143,6 +162,8 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     cuda = device.type == "cuda"
+    if cuda and not args.as_loaded:   # as Matcher sets it on CUDA
+        torch.backends.cudnn.benchmark = True
     modes = list(args.dtypes or (["fp32", "bf16"] if cuda else ["fp32"]))
     if args.compile and "bf16+compile" not in modes:
         modes.append("bf16+compile")
@@ -156,7 +177,10 @@ def main(argv: list[str] | None = None) -> int:
         model = model.to(device).eval()
         for mode in modes:
             compiled = mode.endswith("+compile")
-            held = towers_to(copy.deepcopy(model), torch.bfloat16) if mode.startswith("bf16w") else model
+            if args.as_loaded:     # the model as trained: BatchNorms, pruned widths, NCHW
+                held = towers_to(copy.deepcopy(model), torch.bfloat16) if mode.startswith("bf16w") else model
+            else:                  # as Matcher holds it
+                held = for_inference(model, device, "bf16-weights" if mode.startswith("bf16w") else "fp32")
             run = torch.compile(held, dynamic=False, mode=args.compile_mode) if compiled else held
             for batch in (args.compile_batch_sizes or args.batch_sizes) if compiled else args.batch_sizes:
                 if cuda:
@@ -173,6 +197,7 @@ def main(argv: list[str] | None = None) -> int:
                         else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
                 tflops = med * gflop / 1e3
                 rows.append({"model": name, "device": str(device), "dtype": mode, "compile": compiled,
+                             "prepared": not args.as_loaded,
                              "compile_mode": (args.compile_mode or "default") if compiled else None,
                              "batch": batch, "listings_per_s": round(med, 1),
                              "min_max": [round(min(rates), 1), round(max(rates), 1)],
@@ -182,6 +207,8 @@ def main(argv: list[str] | None = None) -> int:
                              "share_of_ceiling": round(tflops / ceilings[mode.split("+")[0].rstrip("w")], 4),
                              "peak_mib": round(peak, 1), "seconds": round(time.perf_counter() - t0, 1)})
                 print(f"  {name} {mode} batch {batch}: {med:.1f} listings/s", file=sys.stderr, flush=True)
+                if args.profile:
+                    print(kernel_table(run, make_inputs(model, batch, device), mode, args.profile), file=sys.stderr)
     gpu = torch.cuda.get_device_name(device) if cuda else ""
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {platform.processor() or platform.machine()}"
           + (f", {gpu}, CUDA {torch.version.cuda}" if cuda else ""))

@@ -9,7 +9,15 @@ import json
 import sys
 from pathlib import Path
 
-PARTS = ("check", "model", "compile", "decode")
+PARTS = ("check", "model", "model-as-loaded", "compile", "compile-as-loaded", "compile-tuned", "decode")
+
+
+def mode_label(r: dict) -> str:
+    """``bf16w+compile``, with the compile mode when not the default and ``as loaded`` for
+    rows timed without ``for_inference``'s preparation."""
+    extra = [r["compile_mode"]] if r.get("compile_mode") not in (None, "default") else []
+    extra += ["as loaded"] if r.get("prepared") is False else []
+    return r["dtype"] + (f" ({', '.join(extra)})" if extra else "")
 
 
 def rows(part: str, data: dict) -> list[list[str]]:
@@ -20,8 +28,8 @@ def rows(part: str, data: dict) -> list[list[str]]:
                  + (f"; pixels max {c['pixel_max']}, mean {c['pixel_mean']}, p99.9 {c['pixel_p999']}"
                     if "pixel_max" in c else ""), "abs diff",
                  ("PASS" if c["ok"] else "FAIL") + f" (limit {c['limit']})"] for c in data["checks"]]
-    if part in ("model", "compile"):
-        return [["model forward", r["model"], r["dtype"], str(r["batch"]), f"{r['listings_per_s']:,.0f}", "listings/s",
+    if part.startswith(("model", "compile")):
+        return [["model forward", r["model"], mode_label(r), str(r["batch"]), f"{r['listings_per_s']:,.0f}", "listings/s",
                  f"{r['gflop_per_listing']:.3f} GFLOP/l, {r['achieved_tflop_s']:.3g} TFLOP/s = "
                  f"{r['share_of_ceiling']:.1%} of the {r['ceiling_tflop_s']:.3g} matmul ceiling, "
                  f"peak {r['peak_mib']:,.0f} MiB"]

@@ -9,6 +9,7 @@ units physically.
 """
 from __future__ import annotations
 
+import copy
 import math
 from dataclasses import dataclass
 
@@ -76,6 +77,7 @@ class ITransformer(nn.Module):
 
     def __init__(self, cfg: ImageConfig):
         super().__init__()
+        self.channels_last = False   # set by :func:`for_inference` on CUDA: NHWC convolutions
         c = cfg.stem_channels
         # Two stride-2 3x3 convs, then a patchifying conv for the remaining stride.
         self.stem = nn.Sequential(_conv_bn(3, c, 3, 2), _conv_bn(c, 2 * c, 3, 2),
@@ -85,6 +87,8 @@ class ITransformer(nn.Module):
         self.norm = nn.LayerNorm(cfg.width)
 
     def forward(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.channels_last:
+            pixels = pixels.contiguous(memory_format=torch.channels_last)
         x = self.stem(pixels)                      # (B, D, G, G)
         x = x.flatten(2).transpose(1, 2) + self.pos  # (B, D, G, G) -> (B, G*G, D)
         for blk in self.blocks:
@@ -259,6 +263,64 @@ def towers_to(model: DualMatcher, dtype: torch.dtype) -> DualMatcher:
     model.image.to(dtype)
     model.text.to(dtype)
     return model
+
+
+@torch.no_grad()
+def fold_batchnorm(model: DualMatcher) -> DualMatcher:
+    """Fold each stem BatchNorm into the convolution before it (inference only: the running
+    statistics become the conv's weight scale and bias) and drop it. In place; returns ``model``."""
+    for seq in model.image.stem:
+        if isinstance(seq, nn.Sequential) and len(seq) == 3 and isinstance(seq[1], nn.BatchNorm2d):
+            conv, bn = seq[0], seq[1]
+            scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)              # (C,)
+            bias = bn.bias - bn.running_mean * scale
+            if conv.bias is not None:
+                bias = bias + conv.bias * scale
+            fused = nn.Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride,
+                              conv.padding, bias=True).to(conv.weight.device, conv.weight.dtype)
+            fused.weight.copy_(conv.weight * scale.view(-1, 1, 1, 1))
+            fused.bias.copy_(bias)
+            seq[0], seq[1] = fused, nn.Identity()
+    return model
+
+
+@torch.no_grad()
+def pad_hidden(model: DualMatcher, multiple: int = 8) -> DualMatcher:
+    """Zero-pad every MLP's hidden width up to a multiple of ``multiple``. Exact: a padded
+    unit has zero input weights and bias, so GELU gives 0, and zero output weights. Pruning
+    leaves widths such as 1229, whose rows are not 16-byte aligned in bf16, which keeps
+    matrix products off the tensor cores' fastest kernels. In place; returns ``model``."""
+    for m in model.modules():
+        if isinstance(m, GatedMLP):
+            hidden = m.gate.numel()
+            extra = -hidden % multiple
+            if not extra:
+                continue
+            fc1, fc2 = m.fc1, m.fc2
+            m.fc1 = nn.Linear(fc1.in_features, hidden + extra).to(fc1.weight.device, fc1.weight.dtype)
+            m.fc2 = nn.Linear(hidden + extra, fc2.out_features).to(fc2.weight.device, fc2.weight.dtype)
+            m.fc1.weight.zero_()[:hidden] = fc1.weight
+            m.fc1.bias.zero_()[:hidden] = fc1.bias
+            m.fc2.weight.zero_()[:, :hidden] = fc2.weight
+            m.fc2.bias.copy_(fc2.bias)
+            m.gate = nn.Parameter(torch.cat([m.gate, m.gate.new_ones(extra)]), requires_grad=m.gate.requires_grad)
+    return model
+
+
+def for_inference(model: DualMatcher, device: torch.device | str, precision: str = "fp32") -> DualMatcher:
+    """A copy of ``model`` made for scoring on ``device``: eval mode, stem BatchNorms folded,
+    MLP widths padded to multiples of 8 (on CUDA), towers in bf16 for
+    ``precision="bf16-weights"``, NHWC stem convolutions on CUDA. Same scores as ``model``
+    up to float rounding. The copy is made where ``model`` is, then moved."""
+    device = torch.device(device)
+    out = fold_batchnorm(copy.deepcopy(model).eval())
+    if precision == "bf16-weights":
+        towers_to(out, torch.bfloat16)
+    if device.type == "cuda":
+        pad_hidden(out, 8)
+        out.image.stem.to(memory_format=torch.channels_last)
+        out.image.channels_last = True
+    return out.to(device)
 
 
 def count_parameters(model: nn.Module) -> int:
