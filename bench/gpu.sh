@@ -10,10 +10,12 @@
 # small run that checks this script on a machine without a GPU; PYTHON picks the interpreter.
 # PROFILE=paper is the shorter run for the paper config's targets: autocast against bf16
 # weights (``precision="bf16-weights"``), compiled, and decode + compiled forward with the
-# decode of the next batch pipelined, on the 224x224 shards (157 s on an H100), then the
-# model as trained (--as-loaded: without for_inference's folded BatchNorms, NHWC stem and
-# aligned MLP widths) and with autotuned GEMMs (max-autotune-no-cudagraphs, T_TUNED seconds).
-# COMPILE_MODE passes a torch.compile mode to the compiled rows (reduce-overhead, ...).
+# decode of the next batch pipelined, on the 224x224 shards, then the model as trained
+# (--as-loaded: without for_inference's NHWC stem and aligned MLP widths); about 6 minutes
+# on an H100. T_TUNED=SECONDS adds autotuned GEMMs (max-autotune-no-cudagraphs: it did not
+# finish compiling `paper` in 120 s on an H100). COMPILE_MODE passes a torch.compile mode
+# to the compiled rows (reduce-overhead, ...). bench/paper_variants.sh compares batch
+# sizes, attention backends, cuDNN's algorithm search and CUDA graphs for `paper`.
 set -u
 OUT=${1:?usage: bash bench/gpu.sh OUTDIR DATA_DIR}
 DATA=${2:?usage: bash bench/gpu.sh OUTDIR DATA_DIR}
@@ -64,7 +66,7 @@ elif [ "${PROFILE:-}" = paper ]; then
   DECODE=(--limit 1024 --sizes 224 --synthetic 0 --repeats 3 --gpu-batch 256 --no-pillow --e2e-models paper
           --e2e-precision bf16-weights --e2e-compile --e2e-tile 4)
   [ -d "$DATA/224" ] && DATA_ARGS=(--data "$DATA/224/*.parquet")
-  T_CHECK=50 T_MODEL=35 T_DECODE=100 T_COMPILE=90
+  T_CHECK=50 T_MODEL=35 T_DECODE=100 T_COMPILE=150
 else
   CHECK=(--limit 1024); MODEL=(--configs paper base --batch-sizes 64 256 1024 --repeats 5 --min-seconds 0.25)
   COMPILE=(--configs paper base --compile-batch-sizes 256 --batch-sizes 256 --repeats 5 --min-seconds 0.25)
@@ -97,7 +99,7 @@ if [ "${PROFILE:-}" = paper ]; then   # the same rows without for_inference's pr
     --batch-sizes 1024 --repeats 5 --min-seconds 0.25 --json "$OUT/model-as-loaded.json"
   run compile-as-loaded 60 "$PY" bench/model.py --prune --as-loaded --device "$DEVICE" --configs paper \
     --dtypes bf16w+compile --compile-batch-sizes 256 --repeats 5 --min-seconds 0.25 --json "$OUT/compile-as-loaded.json"
-  run compile-tuned "${T_TUNED:-150}" "$PY" bench/model.py --prune --device "$DEVICE" --configs paper \
+  [ -n "${T_TUNED:-}" ] && run compile-tuned "$T_TUNED" "$PY" bench/model.py --prune --device "$DEVICE" --configs paper \
     --dtypes bf16w+compile --compile-batch-sizes 256 --compile-mode max-autotune-no-cudagraphs --repeats 5 \
     --min-seconds 0.25 --json "$OUT/compile-tuned.json"
 fi

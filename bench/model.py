@@ -14,6 +14,7 @@ chosen after warm-up so a repeat lasts about --min-seconds); on the CPU with the
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import json
 import platform
@@ -37,6 +38,17 @@ from ecomatch_model.text import Lexicon, Vocabulary  # noqa: E402
 
 # bf16: autocast; bf16w: the towers held in bf16 (``Matcher(precision="bf16-weights")``).
 MODES = ("fp32", "bf16", "bf16+compile", "bf16w", "bf16w+compile")
+# --sdpa: attention backends allowed (the text tower's masked attention needs one that takes a mask).
+SDPA = {"cudnn": ("CUDNN_ATTENTION", "EFFICIENT_ATTENTION"), "flash": ("FLASH_ATTENTION", "EFFICIENT_ATTENTION"),
+        "efficient": ("EFFICIENT_ATTENTION",), "math": ("MATH",)}
+
+
+def sdpa_backends(name: str | None):
+    """A context restricting attention to ``SDPA[name]`` (no restriction for None)."""
+    if name is None:
+        return contextlib.nullcontext()
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+    return sdpa_kernel([getattr(SDPBackend, b) for b in SDPA[name]])
 
 
 def make_inputs(model, batch: int, device: torch.device):
@@ -92,25 +104,31 @@ def repeat_rates(fn: Callable[[], object], per_call: int, device: torch.device, 
     return rates
 
 
-def time_forward(model, inputs, dtype: str, repeats: int, min_seconds: float) -> list[float]:
+def time_forward(model, inputs, dtype: str, repeats: int, min_seconds: float, sdpa: str | None = None) -> list[float]:
     """Listings/s of ``model(*inputs)`` under ``dtype`` ("fp32", or "bf16" autocast), one per repeat."""
     device = inputs[0].device
-    with torch.inference_mode(), autocast(device, dtype):
+    with torch.inference_mode(), autocast(device, dtype), sdpa_backends(sdpa):
         return repeat_rates(lambda: model(*inputs), inputs[0].shape[0], device, repeats, min_seconds)
 
 
-def kernel_table(model, inputs, dtype: str, top: int, iters: int = 5) -> str:
-    """The ``top`` operators and kernels by device time over ``iters`` forwards (torch.profiler)."""
+def kernel_table(model, inputs, dtype: str, top: int, iters: int = 5, sdpa: str | None = None) -> str:
+    """The ``top`` kernels by device time over ``iters`` forwards, then the ``top`` operators
+    by device time including their callees, with their input shapes (torch.profiler)."""
     from torch.profiler import ProfilerActivity, profile
     device = inputs[0].device
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
-    with torch.inference_mode(), autocast(device, dtype), profile(activities=activities) as prof:
+    with torch.inference_mode(), autocast(device, dtype), sdpa_backends(sdpa), \
+            profile(activities=activities, record_shapes=True) as prof:
         for _ in range(iters):
             model(*inputs)
         if device.type == "cuda":
             torch.cuda.synchronize(device)
-    key = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
-    return prof.key_averages().table(sort_by=key, row_limit=top, max_name_column_width=70)
+    dev = "cuda" if device.type == "cuda" else "cpu"
+    return "\n".join([prof.key_averages().table(sort_by=f"self_{dev}_time_total", row_limit=top,
+                                                 max_name_column_width=70),
+                      prof.key_averages(group_by_input_shape=True).table(
+                          sort_by=f"{dev}_time_total", row_limit=top, max_name_column_width=40,
+                          max_shapes_column_width=90)])
 
 
 def matmul_ceiling(device: torch.device, dtype: str, n: int, repeats: int = 3, min_seconds: float = 0.3) -> float:
@@ -149,7 +167,10 @@ def main(argv: list[str] | None = None) -> int:
                    help="torch.compile mode for the +compile modes (reduce-overhead: CUDA graphs)")
     p.add_argument("--as-loaded", action="store_true",
                    help="time the model as trained instead of as Matcher holds it (ecomatch_model.model."
-                        "for_inference: BatchNorms folded; on CUDA NHWC stem, MLP widths padded to 8)")
+                        "for_inference: on CUDA NHWC stem, MLP widths padded to 8)")
+    p.add_argument("--cudnn-benchmark", action="store_true", help="torch.backends.cudnn.benchmark = True")
+    p.add_argument("--sdpa", default=None, choices=sorted(SDPA),
+                   help="restrict scaled_dot_product_attention to these backends (default: PyTorch's choice)")
     p.add_argument("--profile", type=int, default=0, metavar="N",
                    help="after each row, print the N operators and kernels with the most device time")
     p.add_argument("--repeats", type=int, default=5)
@@ -162,8 +183,7 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     cuda = device.type == "cuda"
-    if cuda and not args.as_loaded:   # as Matcher sets it on CUDA
-        torch.backends.cudnn.benchmark = True
+    torch.backends.cudnn.benchmark = args.cudnn_benchmark
     modes = list(args.dtypes or (["fp32", "bf16"] if cuda else ["fp32"]))
     if args.compile and "bf16+compile" not in modes:
         modes.append("bf16+compile")
@@ -188,7 +208,8 @@ def main(argv: list[str] | None = None) -> int:
                     torch.cuda.reset_peak_memory_stats(device)
                 t0 = time.perf_counter()
                 try:
-                    rates = time_forward(run, make_inputs(model, batch, device), mode, args.repeats, args.min_seconds)
+                    rates = time_forward(run, make_inputs(model, batch, device), mode, args.repeats, args.min_seconds,
+                                         args.sdpa)
                 except torch.OutOfMemoryError:
                     print(f"{name} {mode} batch {batch}: out of memory", file=sys.stderr)
                     continue
@@ -197,7 +218,8 @@ def main(argv: list[str] | None = None) -> int:
                         else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
                 tflops = med * gflop / 1e3
                 rows.append({"model": name, "device": str(device), "dtype": mode, "compile": compiled,
-                             "prepared": not args.as_loaded,
+                             "prepared": not args.as_loaded, "sdpa": args.sdpa,
+                             "cudnn_benchmark": args.cudnn_benchmark,
                              "compile_mode": (args.compile_mode or "default") if compiled else None,
                              "batch": batch, "listings_per_s": round(med, 1),
                              "min_max": [round(min(rates), 1), round(max(rates), 1)],
@@ -208,7 +230,8 @@ def main(argv: list[str] | None = None) -> int:
                              "peak_mib": round(peak, 1), "seconds": round(time.perf_counter() - t0, 1)})
                 print(f"  {name} {mode} batch {batch}: {med:.1f} listings/s", file=sys.stderr, flush=True)
                 if args.profile:
-                    print(kernel_table(run, make_inputs(model, batch, device), mode, args.profile), file=sys.stderr)
+                    print(kernel_table(run, make_inputs(model, batch, device), mode, args.profile, sdpa=args.sdpa),
+                          file=sys.stderr)
     gpu = torch.cuda.get_device_name(device) if cuda else ""
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {platform.processor() or platform.machine()}"
           + (f", {gpu}, CUDA {torch.version.cuda}" if cuda else ""))

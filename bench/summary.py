@@ -17,6 +17,8 @@ def mode_label(r: dict) -> str:
     rows timed without ``for_inference``'s preparation."""
     extra = [r["compile_mode"]] if r.get("compile_mode") not in (None, "default") else []
     extra += ["as loaded"] if r.get("prepared") is False else []
+    extra += [f"sdpa {r['sdpa']}"] if r.get("sdpa") else []
+    extra += ["cudnn.benchmark"] if r.get("cudnn_benchmark") else []
     return r["dtype"] + (f" ({', '.join(extra)})" if extra else "")
 
 

@@ -181,11 +181,9 @@ class Matcher:
         self.precision = precision or ("bf16-weights" if cuda else "fp32")
         if self.precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
-        # A copy made for inference (BatchNorms folded; on CUDA NHWC convolutions and aligned
-        # MLP widths), made where the checkpoint is: the checkpoint's model stays as loaded.
+        # A copy made for inference (on CUDA: NHWC convolutions, aligned MLP widths), made
+        # where the checkpoint is: the checkpoint's model stays as loaded.
         self.model = for_inference(ckpt.model, self.device, self.precision)
-        if cuda:   # batches have fixed shapes: let cuDNN time its convolution algorithms once
-            torch.backends.cudnn.benchmark = True
         self.cfg = ckpt.model.cfg
         self.lexicon = ckpt.lexicon
         self.text_encoder = TextEncoder(ckpt.vocab, ckpt.lexicon, self.cfg.text.max_len, self.cfg.max_attrs)

@@ -1,0 +1,62 @@
+#!/usr/bin/env bash
+# The `paper` forward under the variants that decide the GPU defaults: batch size, cuDNN's
+# algorithm search, the attention backend and CUDA graphs (torch.compile reduce-overhead),
+# each compiled, bf16 weights, as Matcher holds the model; then the fast-path score check
+# and a profile with operator shapes. One JSON per part in OUTDIR, one table at the end.
+# No network, no Beam; about 4 minutes on an H100.
+#
+#   bash bench/paper_variants.sh OUTDIR DATA_DIR     # DATA_DIR as for bench/gpu.sh
+set -u
+OUT=${1:?usage: bash bench/paper_variants.sh OUTDIR DATA_DIR}
+DATA=${2:?usage: bash bench/paper_variants.sh OUTDIR DATA_DIR}
+PY=${PYTHON:-python3}
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+mkdir -p "$OUT"
+cd "$ROOT"
+export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
+DEVICE=${DEVICE:-$("$PY" -c 'import torch; print("cuda" if torch.cuda.is_available() else "cpu")')}
+BASE=(bench/model.py --prune --device "$DEVICE" --configs "${CONFIG:-paper}" --dtypes bf16w+compile --repeats 5
+      --min-seconds 0.25)
+B=${BATCH:-512}
+
+run() {  # name seconds command...
+  local name=$1 secs=$2; shift 2
+  echo "== $name (at most ${secs}s): $*"
+  local t0=$SECONDS
+  timeout --kill-after=5 "$secs" "$@" > "$OUT/$name.log" 2>&1
+  local rc=$?
+  grep -E "listings/s|PASS|FAIL" "$OUT/$name.log" | grep -v "^model " | tail -n 12
+  echo "== $name: exit $rc after $((SECONDS - t0))s"
+}
+
+run compile 70 "$PY" "${BASE[@]}" --compile-batch-sizes "$B" 1024 --json "$OUT/compile.json"
+CHECK=()
+for d in 224 60x80; do compgen -G "$DATA/$d/*.parquet" > /dev/null && CHECK+=(--data "$DATA/$d/*.parquet"); done
+[ ${#CHECK[@]} -gt 0 ] && run check 50 "$PY" bench/fastpath_check.py "${CHECK[@]}" --limit 512 --device "$DEVICE" \
+  --json "$OUT/check.json"
+run compile-flash 45 "$PY" "${BASE[@]}" --compile-batch-sizes "$B" --sdpa flash --json "$OUT/compile-flash.json"
+run compile-cudnn-benchmark 45 "$PY" "${BASE[@]}" --compile-batch-sizes "$B" --cudnn-benchmark \
+  --json "$OUT/compile-cudnn-benchmark.json"
+run compile-graphs 60 "$PY" "${BASE[@]}" --compile-batch-sizes "$B" --compile-mode reduce-overhead \
+  --json "$OUT/compile-graphs.json"
+run compile-efficient 45 "$PY" "${BASE[@]}" --compile-batch-sizes "$B" --sdpa efficient \
+  --json "$OUT/compile-efficient.json"
+run profile 50 "$PY" "${BASE[@]}" --compile-batch-sizes "$B" --profile 30 --json "$OUT/profile.json"
+
+echo
+echo "== summary ($(date -u +%Y-%m-%dT%H:%MZ), device $DEVICE, ${SECONDS}s in all)"
+"$PY" - "$OUT" <<'PY'
+import json, pathlib, sys
+sys.path.insert(0, "bench")
+from summary import mode_label
+out = pathlib.Path(sys.argv[1])
+print(f"| part | mode | batch | listings/s | TFLOP/s | share of ceiling |\n|---|---|---|---|---|---|")
+for path in sorted(out.glob("*.json")):
+    if path.stem == "check":
+        for c in json.loads(path.read_text())["checks"]:
+            print(f"| check | {c['check']} | | max {c['max_abs_diff']} | | {'PASS' if c['ok'] else 'FAIL'} (limit {c['limit']}) |")
+        continue
+    for r in json.loads(path.read_text())["rows"]:
+        print(f"| {path.stem} | {mode_label(r)} | {r['batch']} | {r['listings_per_s']:,.0f} | "
+              f"{r['achieved_tflop_s']:.0f} | {r['share_of_ceiling']:.1%} |")
+PY
