@@ -1,7 +1,8 @@
 """Python API: ``load()`` a checkpoint and score listings with a :class:`Matcher`.
 
 On CUDA a Matcher takes the fast path by itself: the two towers held in bf16 with AGA and
-the heads in float32 (``precision="bf16-weights"``; scores come back as float32), batches
+the heads in float32 (``precision="bf16-weights"``; scores come back as float32), MLP widths
+padded to multiples of 8 and NHWC stem convolutions (``model.for_inference``), batches
 of ``GPU_BATCH_SIZE``, inputs copied from pinned memory on a side stream so one batch's
 copy overlaps another's compute, uint8 pixels normalised on the device,
 and :meth:`Matcher.score` decoding JPEGs in batches on the GPU (``decode_batch``) where
@@ -9,7 +10,8 @@ torchvision is present, for photos at least ``GPU_DECODE_MIN_FACTOR`` times the 
 input; smaller photos, other formats and everything nvJPEG refuses take Pillow on the CPU.
 Measured on an H100 against the Pillow path (fp32 both): 224x224 photos at 80x80 moved
 scores by at most 0.015; 60x80 photos decoded on the GPU at 80x80 moved one score in 512 by
-0.087 (chroma upsampling), over the 0.08 tolerance, which is why those stay on Pillow.
+0.087 (chroma upsampling), over the 0.08 tolerance, which is why those stay on Pillow
+(a later run of the same check measured 0.047 there).
 ``gpu_decode=False`` turns GPU decode off. ``precision="bf16"`` is autocast instead (the default
 ran 4% to 16% faster on an H100), ``"fp32"`` reproduces the CPU's scores. ``compile=True`` adds
 ``torch.compile``. On the CPU nothing changes unless asked
