@@ -91,7 +91,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     cfg = apply_overrides(get_config(args.config), args.set)
     opts = TrainOptions(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
                         device=args.device, stop_after=args.stop_after, group_chunk=args.group_chunk,
-                        time_budget=args.time_budget)
+                        time_budget=args.time_budget, trainable=args.trainable)
     t0 = time.time()
     data = ", ".join(f"`{d}`" for d in args.data)
     body = (f"Command: `{_command_line()}`\n\nData: {data}: {len(train_set)} training and "
@@ -260,6 +260,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="shrink the epoch plan to what fits in this many seconds (the schedule follows)")
     s.add_argument("--group-chunk", type=int, default=0,
                    help="hard negatives: batches made of runs of N listings of one article type (0: off)")
+    s.add_argument("--trainable", choices=["all", "aga"], default="all",
+                   help="aga: fine-tune only the attribute-guided attention (with --init); the rest stays frozen")
     s.add_argument("--precision", type=float, default=0.9, help="calibration target on the validation split")
     s.add_argument("--max-eval", type=int, default=3000)
     s.add_argument("--attribute-columns", default=None, help="column=kind,... (default: the catalogue's)")

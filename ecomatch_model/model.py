@@ -78,6 +78,7 @@ class ITransformer(nn.Module):
     def __init__(self, cfg: ImageConfig):
         super().__init__()
         self.channels_last = False   # set by :func:`for_inference` on CUDA: NHWC convolutions
+        self.input_pad = 0           # zero channels appended to the pixels (:func:`pad_stem_input`)
         c = cfg.stem_channels
         # Two stride-2 3x3 convs, then a patchifying conv for the remaining stride.
         self.stem = nn.Sequential(_conv_bn(3, c, 3, 2), _conv_bn(c, 2 * c, 3, 2),
@@ -87,6 +88,8 @@ class ITransformer(nn.Module):
         self.norm = nn.LayerNorm(cfg.width)
 
     def forward(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.input_pad:
+            pixels = F.pad(pixels, (0, 0, 0, 0, 0, self.input_pad))   # (B, 3, S, S) -> (B, 3 + pad, S, S)
         if self.channels_last:
             pixels = pixels.contiguous(memory_format=torch.channels_last)
         x = self.stem(pixels)                      # (B, D, G, G)
@@ -288,10 +291,32 @@ def pad_hidden(model: DualMatcher, multiple: int = 8) -> DualMatcher:
     return model
 
 
-def for_inference(model: DualMatcher, device: torch.device | str, precision: str = "fp32") -> DualMatcher:
+@torch.no_grad()
+def pad_stem_input(model: DualMatcher, channels: int = 8) -> DualMatcher:
+    """Give the first convolution ``channels`` input channels, the pixels' 3 and zeros, with
+    zero weights for the added ones. Exact. For NHWC convolution kernels that need 16-byte
+    channel rows. In place; returns ``model``."""
+    conv = model.image.stem[0][0]
+    extra = channels - conv.in_channels - model.image.input_pad
+    if extra <= 0:
+        return model
+    new = nn.Conv2d(conv.in_channels + extra, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
+                    bias=conv.bias is not None).to(conv.weight.device, conv.weight.dtype)
+    new.weight.zero_()[:, : conv.in_channels] = conv.weight
+    if conv.bias is not None:
+        new.bias.copy_(conv.bias)
+    model.image.stem[0][0] = new
+    model.image.input_pad += extra
+    return model
+
+
+def for_inference(model: DualMatcher, device: torch.device | str, precision: str = "fp32", *,
+                  mlp_multiple: int = 8, stem_input_channels: int | None = None) -> DualMatcher:
     """A copy of ``model`` made for scoring on ``device``: eval mode, towers in bf16 for
     ``precision="bf16-weights"``, and on CUDA MLP widths padded to multiples of 8 and NHWC
-    stem convolutions. Same scores as ``model`` up to float rounding. The copy is made where
+    stem convolutions. ``mlp_multiple`` and ``stem_input_channels`` (:func:`pad_stem_input`,
+    off by default) are there for bench/model.py to compare on a GPU. Same scores as
+    ``model`` up to float rounding. The copy is made where
     ``model`` is, then moved. (Folding the stem's BatchNorms into the convolutions was tried
     and left out: under bf16 weights it raised the largest score difference from fp32 by a
     third on real listings, and compiled models fuse BatchNorm into the GELU after it anyway.)"""
@@ -300,7 +325,9 @@ def for_inference(model: DualMatcher, device: torch.device | str, precision: str
     if precision == "bf16-weights":
         towers_to(out, torch.bfloat16)
     if device.type == "cuda":
-        pad_hidden(out, 8)
+        pad_hidden(out, mlp_multiple)
+        if stem_input_channels:
+            pad_stem_input(out, stem_input_channels)
         out.image.stem.to(memory_format=torch.channels_last)
         out.image.channels_last = True
     return out.to(device)

@@ -8,6 +8,7 @@ nothing pickled) under ``OUT/train_state``.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -53,6 +54,10 @@ class TrainOptions:
     # follows the new plan, so a time-boxed run still ends annealed (not bit-reproducible
     # across machines; the planned epochs are in train_log.jsonl).
     time_budget: float | None = None
+    # "aga": fine-tune only the attribute-guided attention (its projections and value
+    # prototypes); the towers, compressions and matching heads stay frozen, in eval mode, so
+    # the global match and retrieval are exactly the starting checkpoint's.
+    trainable: str = "all"
 
 
 def augment(pixels: torch.Tensor, gen: torch.Generator, pad: int, gather: bool | None = None) -> torch.Tensor:
@@ -110,11 +115,12 @@ def losses(model: DualMatcher, pixels: torch.Tensor, clean: EncodedText, corrupt
     listing i swapped in ``corrupt`` (-1 when listing i has nothing to swap);
     ``duplicates`` (B, B) marks pairs with the same title or image, kept out of each
     other's negatives."""
-    img_tokens, img_emb = model.encode_image(pixels)
     ids, mask, amask, avalid, avalue = _tensors(clean, device)
     cids, cmask, camask, cavalid, cavalue = _tensors(corrupt, device)
-    txt_states, txt_emb = model.encode_text(ids, mask)
-    c_states, c_emb = model.encode_text(cids, cmask)
+    with torch.no_grad() if opts.trainable == "aga" else contextlib.nullcontext():   # frozen encoders
+        img_tokens, img_emb = model.encode_image(pixels)
+        txt_states, txt_emb = model.encode_text(ids, mask)
+        c_states, c_emb = model.encode_text(cids, cmask)
     b = pixels.shape[0]
     has_corrupt = torch.from_numpy(corrupt_slot >= 0).to(device)
 
@@ -182,7 +188,8 @@ def corrupt_batch(encoder: TextEncoder, titles: list[str], rng: np.random.Genera
 def _param_groups(model: DualMatcher, weight_decay: float) -> list[dict]:
     decay, no_decay = [], []
     for name, p in model.named_parameters():
-        (no_decay if p.ndim < 2 or name.endswith("pos") else decay).append(p)
+        if p.requires_grad:
+            (no_decay if p.ndim < 2 or name.endswith("pos") else decay).append(p)
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
@@ -246,7 +253,20 @@ def train(listings: Listings, cfg: ModelConfig, out: str, opts: TrainOptions, co
     else:
         vocab, lexicon = prepare_text(listings, cfg, columns)
         model = build_model(cfg, vocab, lexicon)
-    model.to(device).train()
+    if opts.trainable not in ("all", "aga"):
+        raise ValueError(f"trainable must be 'all' or 'aga', got {opts.trainable!r}")
+    for p in model.parameters():
+        p.requires_grad_(opts.trainable == "all")
+    for p in model.aga.parameters():
+        p.requires_grad_(True)
+
+    def train_mode() -> None:
+        model.train()
+        if opts.trainable == "aga":      # frozen BatchNorms keep their running statistics
+            model.image.eval(), model.text.eval()
+
+    model.to(device)
+    train_mode()
     cfg = model.cfg
     encoder = TextEncoder(vocab, lexicon, cfg.text.max_len, cfg.max_attrs)
     size = cfg.image.image_size
@@ -304,7 +324,7 @@ def train(listings: Listings, cfg: ModelConfig, out: str, opts: TrainOptions, co
             parts = losses(model, px, clean, corrupt, slots, device, opts, same_content(dup_keys[:, idx], device))
             opt.zero_grad(set_to_none=True)
             parts["loss"].backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], 1.0)
             opt.step()
             step += 1
             seen += len(idx)
@@ -324,7 +344,7 @@ def train(listings: Listings, cfg: ModelConfig, out: str, opts: TrainOptions, co
         model.eval()
         save(ckpt, out)
         _save_state(out, opt, epoch + 1, step)
-        model.train()
+        train_mode()
         epoch += 1
         if opts.time_budget is not None:
             pace = (time.time() - t_train) / (epoch - start_epoch)

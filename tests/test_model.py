@@ -5,7 +5,7 @@ import torch
 
 from ecomatch_model.checkpoint import build_model
 from ecomatch_model.config import get_config
-from ecomatch_model.model import count_parameters, for_inference, pad_hidden, prunable_channels
+from ecomatch_model.model import count_parameters, for_inference, pad_hidden, pad_stem_input, prunable_channels
 from ecomatch_model.prune import prune_model
 from ecomatch_model.text import TextEncoder
 
@@ -126,7 +126,9 @@ def test_inference_copy_pads_goes_nhwc_and_scores_the_same(tiny_ckpt):
     assert all(h % 8 for h in m.cfg.image.mlp_hidden + m.cfg.text.mlp_hidden)   # 154: unaligned
     pixels, enc, t = _batch(tiny_ckpt, TITLES)
     ref = m(pixels, *t)
-    fast = pad_hidden(copy.deepcopy(m), 8)
+    fast = pad_stem_input(pad_hidden(copy.deepcopy(m), 8), 8)   # the second: a bench option on CUDA
+    assert fast.image.stem[0][0].in_channels == 8 and fast.image.input_pad == 5
+    assert pad_stem_input(fast, 8).image.input_pad == 5                     # once only
     fast.image.stem.to(memory_format=torch.channels_last)   # what for_inference adds on CUDA
     fast.image.channels_last = True
     assert [b.mlp.fc1.out_features for b in [*fast.image.blocks, *fast.text.blocks]] == [160] * 4

@@ -151,3 +151,20 @@ def test_fine_tune_starts_from_the_checkpoint(listings, tmp_path):
     after = tuned.model.state_dict()
     assert before.keys() == after.keys()
     assert any(not torch.equal(before[k], after[k]) for k in before)
+
+
+def test_aga_only_fine_tune_changes_aga_and_nothing_else(listings, tmp_path):
+    opts = TrainOptions(epochs=1, batch_size=32, lr=2e-3, warmup_steps=2, log_every=1000)
+    train(listings, get_config("tiny"), str(tmp_path / "first"), opts, COLUMNS)
+    first = load_checkpoint(str(tmp_path / "first"))
+    before = {k: v.clone() for k, v in first.model.state_dict().items()}   # BatchNorm statistics too
+    aga_opts = TrainOptions(**{**opts.__dict__, "epochs": 2, "trainable": "aga"})
+    train(listings, get_config("tiny"), str(tmp_path / "aga"), aga_opts, COLUMNS, init=first)
+    after = load_checkpoint(str(tmp_path / "aga")).model.state_dict()
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    assert changed and all(k.startswith("aga.") for k in changed), sorted(changed)
+    assert "aga.values.weight" in changed
+    log = _log(tmp_path / "aga")
+    assert [r["epoch"] for r in log] == [1, 2] and all(np.isfinite(r["loss"]) for r in log)
+    with pytest.raises(ValueError, match="trainable"):
+        train(listings, get_config("tiny"), str(tmp_path / "x"), TrainOptions(trainable="heads"), COLUMNS, init=first)
