@@ -171,6 +171,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--cudnn-benchmark", action="store_true", help="torch.backends.cudnn.benchmark = True")
     p.add_argument("--mlp-multiple", type=int, default=8,
                    help="CUDA: pad MLP widths to a multiple of this (for_inference's default: 8)")
+    p.add_argument("--flat-mlp", action="store_true",
+                   help="CUDA: MLPs on (B*N, D) rows, so fc1's product feeds GELU with no view between")
     p.add_argument("--stem-input-channels", type=int, default=None,
                    help="CUDA: zero-pad the first convolution's 3 input channels to this many (default: off)")
     p.add_argument("--sdpa", default=None, choices=sorted(SDPA),
@@ -205,7 +207,8 @@ def main(argv: list[str] | None = None) -> int:
                 held = towers_to(copy.deepcopy(model), torch.bfloat16) if mode.startswith("bf16w") else model
             else:                  # as Matcher holds it
                 held = for_inference(model, device, "bf16-weights" if mode.startswith("bf16w") else "fp32",
-                                     mlp_multiple=args.mlp_multiple, stem_input_channels=args.stem_input_channels)
+                                     mlp_multiple=args.mlp_multiple, stem_input_channels=args.stem_input_channels,
+                                     flat_mlp=args.flat_mlp)
             run = torch.compile(held, dynamic=False, mode=args.compile_mode) if compiled else held
             for batch in (args.compile_batch_sizes or args.batch_sizes) if compiled else args.batch_sizes:
                 if cuda:
@@ -227,6 +230,7 @@ def main(argv: list[str] | None = None) -> int:
                              "cudnn_benchmark": args.cudnn_benchmark,   # the paddings apply on CUDA only:
                              "mlp_multiple": args.mlp_multiple if cuda and not args.as_loaded else None,
                              "stem_input_channels": args.stem_input_channels if cuda and not args.as_loaded else None,
+                             "flat_mlp": args.flat_mlp and cuda and not args.as_loaded,
                              "compile_mode": (args.compile_mode or "default") if compiled else None,
                              "batch": batch, "listings_per_s": round(med, 1),
                              "min_max": [round(min(rates), 1), round(max(rates), 1)],

@@ -3,7 +3,9 @@
 # weights, as Matcher holds the model: batch size; MLP widths padded to multiples of 64
 # rather than 8 (the 2026-11-26 profile showed fc1's 1,232-wide GEMMs without cuBLAS's bias
 # epilogue: a bias copy, then a GEMM that reads it back); the first convolution's 3 input
-# channels padded to 8 (it ran in cuDNN's generic NHWC kernel, 8.8% of the time); then the
+# channels padded to 8 (it ran in cuDNN's generic NHWC kernel, 8.8% of the time); MLPs on
+# 2-D rows (--flat-mlp: fc1's product then feeds GELU directly, which lets the compiler
+# move the bias into the GELU kernel instead of the bias copy); then the
 # fast-path score check and a profile with operator shapes. ALL=1 adds cuDNN's algorithm
 # search, the attention backends and CUDA graphs (measured 2026-11-26: all within 2%).
 # One JSON per part in OUTDIR, one table at the end. No network, no Beam; about 4 minutes
@@ -37,6 +39,7 @@ run compile 70 "$PY" "${BASE[@]}" --compile-batch-sizes "$B" 1024 --json "$OUT/c
 run compile-mlp64 45 "$PY" "${BASE[@]}" --compile-batch-sizes "$B" --mlp-multiple 64 --json "$OUT/compile-mlp64.json"
 run compile-stem8 45 "$PY" "${BASE[@]}" --compile-batch-sizes "$B" --stem-input-channels 8 \
   --json "$OUT/compile-stem8.json"
+run compile-flat 45 "$PY" "${BASE[@]}" --compile-batch-sizes "$B" --flat-mlp --json "$OUT/compile-flat.json"
 run compile-mlp64-stem8 70 "$PY" "${BASE[@]}" --compile-batch-sizes "$B" 1024 --mlp-multiple 64 --stem-input-channels 8 \
   --json "$OUT/compile-mlp64-stem8.json"
 CHECK=()

@@ -28,8 +28,11 @@ class GatedMLP(nn.Module):
         self.fc1 = nn.Linear(dim, hidden)
         self.fc2 = nn.Linear(hidden, dim)
         self.gate = nn.Parameter(torch.ones(hidden))
+        self.flat = False   # run on (B*N, D) rows (:func:`for_inference`'s ``flat_mlp``)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.flat:   # fc1's matrix product then feeds GELU directly, with no view between
+            return self.fc2(F.gelu(self.fc1(x.reshape(-1, x.shape[-1]))) * self.gate).view(x.shape)
         return self.fc2(F.gelu(self.fc1(x)) * self.gate)
 
 
@@ -311,11 +314,13 @@ def pad_stem_input(model: DualMatcher, channels: int = 8) -> DualMatcher:
 
 
 def for_inference(model: DualMatcher, device: torch.device | str, precision: str = "fp32", *,
-                  mlp_multiple: int = 8, stem_input_channels: int | None = None) -> DualMatcher:
+                  mlp_multiple: int = 8, stem_input_channels: int | None = None,
+                  flat_mlp: bool = False) -> DualMatcher:
     """A copy of ``model`` made for scoring on ``device``: eval mode, towers in bf16 for
     ``precision="bf16-weights"``, and on CUDA MLP widths padded to multiples of 8 and NHWC
-    stem convolutions. ``mlp_multiple`` and ``stem_input_channels`` (:func:`pad_stem_input`,
-    off by default) are there for bench/model.py to compare on a GPU. Same scores as
+    stem convolutions. ``mlp_multiple``, ``stem_input_channels`` (:func:`pad_stem_input`,
+    off by default) and ``flat_mlp`` (MLPs on 2-D rows) are there for bench/model.py to
+    compare on a GPU. Same scores as
     ``model`` up to float rounding. The copy is made where
     ``model`` is, then moved. (Folding the stem's BatchNorms into the convolutions was tried
     and left out: under bf16 weights it raised the largest score difference from fp32 by a
@@ -328,6 +333,9 @@ def for_inference(model: DualMatcher, device: torch.device | str, precision: str
         pad_hidden(out, mlp_multiple)
         if stem_input_channels:
             pad_stem_input(out, stem_input_channels)
+        for m in out.modules():
+            if isinstance(m, GatedMLP):
+                m.flat = flat_mlp
         out.image.stem.to(memory_format=torch.channels_last)
         out.image.channels_last = True
     return out.to(device)

@@ -131,6 +131,8 @@ def test_inference_copy_pads_goes_nhwc_and_scores_the_same(tiny_ckpt):
     assert pad_stem_input(fast, 8).image.input_pad == 5                     # once only
     fast.image.stem.to(memory_format=torch.channels_last)   # what for_inference adds on CUDA
     fast.image.channels_last = True
+    for b in [*fast.image.blocks, *fast.text.blocks]:
+        b.mlp.flat = True                                    # a bench option on CUDA
     assert [b.mlp.fc1.out_features for b in [*fast.image.blocks, *fast.text.blocks]] == [160] * 4
     with torch.no_grad():
         assert all((b.mlp.fc1.weight[154:] == 0).all() and (b.mlp.fc2.weight[:, 154:] == 0).all()
