@@ -30,6 +30,7 @@ import numpy as np
 import torch
 
 from .checkpoint import Checkpoint, load_checkpoint
+from .data import replace_mention, swap_values
 from .model import MatchOutput, for_inference
 from .preprocess import ImageInput, decode_batch, normalize, preprocess, torchvision_jpeg_decoder
 from .text import EncodedText, TextEncoder
@@ -72,14 +73,22 @@ class ListingScore:
     """A listing's global match and its attribute scores.
 
     The flagging rule lives here so the scan and the evaluation share it: a listing is
-    flagged when the match or any attribute is below its threshold; ``worst_kind`` is the
-    failing attribute with the largest shortfall (threshold - score), else ``"match"`` when
-    only the global match fails, else None.
+    flagged when the match or any attribute is below its threshold. The attribute blamed
+    (:meth:`culprit`) is the failing attribute with the largest shortfall (threshold -
+    score); when only the global match fails, it is the attribute whose change alone
+    restores the match (``explained``: the title with ``explained_value`` in its place
+    matches the image at ``explained_match``, at or above the match threshold; AGA scores
+    that value ``explained_score``), if any. ``worst_kind`` is the culprit's kind, else
+    ``"match"`` when the global match fails, else None.
     """
 
     match: float
     match_threshold: float
     attributes: list[AttributeScore]
+    explained: int | None = None
+    explained_value: str = ""
+    explained_match: float = float("nan")
+    explained_score: float = float("nan")
 
     def failing(self) -> list[int]:
         """Indices of the attributes below their thresholds, largest shortfall first."""
@@ -94,10 +103,17 @@ class ListingScore:
     def flagged(self) -> bool:
         return self.match_fails or any(a.score < a.threshold for a in self.attributes)
 
+    def culprit(self) -> int | None:
+        """Index of the attribute blamed (see the class docstring), or None."""
+        failing = self.failing()
+        if failing:
+            return failing[0]
+        return self.explained if self.match_fails else None
+
     @property
     def worst_kind(self) -> str | None:
-        failing = self.failing()
-        return self.attributes[failing[0]].kind if failing else ("match" if self.match_fails else None)
+        j = self.culprit()
+        return self.attributes[j].kind if j is not None else ("match" if self.match_fails else None)
 
 
 def check_thresholds(data: object, kinds: Sequence[str]) -> dict[str, float]:
@@ -225,8 +241,9 @@ class Matcher:
         return MatchOutput(*(t.float() for t in (out.image_embed, out.text_embed, out.match, out.attr_logits,
                                                  out.attr_score, out.attention)))
 
-    def results(self, out: MatchOutput, enc: EncodedText) -> list[ListingScore]:
-        """Turn a batch's model output into per-listing scores with suggestions."""
+    def results(self, out: MatchOutput, enc: EncodedText, n: int | None = None) -> list[ListingScore]:
+        """Turn a batch's model output into per-listing scores with suggestions: the first
+        ``n`` listings (default all; the rest are a padded batch's filler)."""
         logits = out.attr_logits.float().cpu()
         own = torch.from_numpy(enc.attr_value)
         others = logits.scatter(-1, own.unsqueeze(-1), float("-inf"))            # (B, A, V)
@@ -236,7 +253,7 @@ class Matcher:
         attn = out.attention.float().cpu().numpy()
         sugg_idx, sugg_score = best_other.indices.numpy(), torch.sigmoid(best_other.values).numpy()
         listings = []
-        for i, mentions in enumerate(enc.mentions):
+        for i, mentions in enumerate(enc.mentions[:n]):
             attrs = []
             for j, m in enumerate(mentions):
                 kind, sugg = self.lexicon.values[sugg_idx[i, j]]
@@ -245,7 +262,37 @@ class Matcher:
                                             self.threshold(m.kind), sugg if has_other else "",
                                             float(sugg_score[i, j]) if has_other else 0.0, attn[i, j]))
             listings.append(ListingScore(float(match[i]), self.threshold("match"), attrs))
+        self.explain_matches(out, enc, listings, logits)
         return listings
+
+    def explain_matches(self, out: MatchOutput, enc: EncodedText, listings: list[ListingScore],
+                        logits: torch.Tensor) -> None:
+        """For each listing flagged by the global match alone: re-embed its text with one
+        mention at a time swapped for every value of another group of its kind (as training
+        corrupts titles), and blame the mention whose best swap brings the match with the
+        image up to the match threshold; the highest such match wins. Sets ``explained*``
+        in place. Listings without their words in ``enc.tokens`` are left as they are."""
+        todo = [i for i, s in enumerate(listings)
+                if s.match_fails and not s.failing() and i < len(enc.tokens) and enc.mentions[i]]
+        texts, owners = [], []
+        for i in todo:
+            for j, m in enumerate(enc.mentions[i]):
+                for v in swap_values(self.lexicon, m.kind, m.value):
+                    texts.append(replace_mention(enc.tokens[i], m, v))
+                    owners.append((i, j, v))
+        if not texts:
+            return
+        img = out.image_embed.float().cpu().numpy()
+        cos = (self.embed_texts(texts) * img[[i for i, _, _ in owners]]).sum(1)          # (N,)
+        best: dict[int, tuple[float, int, str]] = {}
+        for (i, j, v), c in zip(owners, cos.tolist()):
+            if c > best.get(i, (-np.inf,))[0]:
+                best[i] = (c, j, v)
+        for i, (c, j, v) in best.items():
+            s = listings[i]
+            if c >= s.match_threshold:
+                s.explained, s.explained_value, s.explained_match = j, v, c
+                s.explained_score = float(torch.sigmoid(logits[i, j, self.lexicon.value_id[(s.attributes[j].kind, v)]]))
 
     def pixels(self, images: Sequence[ImageInput]) -> torch.Tensor:
         """Images -> model input: with ``gpu_decode`` on CUDA (B, 3, S, S) uint8 decoded in a

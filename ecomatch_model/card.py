@@ -55,7 +55,8 @@ def metrics_block(report: dict, command: str) -> str:
                   f"listings (colour, article type, image swap in turn): precision {a['precision']:.3f}, "
                   f"recall {a['recall']:.3f}, false-positive rate on unmodified listings "
                   f"{a['false_positive_rate']:.3f}, attribution accuracy {a['attribution_accuracy']:.3f} (share of detected "
-                  "attribute corruptions whose worst failing attribute is the corrupted one).", ""]
+                  "attribute corruptions whose blamed attribute is the corrupted one: the worst failing attribute, "
+                  "or when only the global match fails, the one whose swap restores the match).", ""]
     if r.get("ground_truth"):
         lines += ["Labelled mismatches in the data (`mismatch_kind`):", "",
                   "| kind | total | flagged | flagged with the right worst kind (image: match or a visible attribute) |", "|---|---|---|---|"]

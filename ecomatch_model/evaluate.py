@@ -207,8 +207,7 @@ def evaluate(matcher: Matcher, listings: Listings, n_queries: int = 1000, negati
         mixed_labels.append(label), mixed_flags.append(s.flagged)
         if label and s.flagged and kind != "image":
             detected += 1
-            failing = s.failing()
-            attributed += int(bool(failing) and failing[0] == slot)
+            attributed += int(s.culprit() == slot)
     p, r = precision_recall(np.asarray(mixed_labels), np.asarray(mixed_flags))
     clean_flags = np.asarray(mixed_flags[: len(ev.clean)])
     report["at_thresholds"] = {"precision": p, "recall": r, "false_positive_rate": float(clean_flags.mean()),

@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 import zlib
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Iterable, Mapping, Sequence
 
 import numpy as np
@@ -230,7 +230,8 @@ class EncodedText:
     ids: (B, L) int64, mask: (B, L) bool (True = real token),
     attr_mask: (B, A, L) float32 (1 on the tokens of each mention),
     attr_valid: (B, A) bool, attr_value: (B, A) int64 (global value id, 0 where invalid),
-    mentions: per listing, the mentions kept (at most A).
+    mentions: per listing, the mentions kept (at most A); tokens: per listing, the words
+    encoded (the title's, then any appended column values), which mention spans index.
     """
 
     ids: np.ndarray
@@ -239,6 +240,7 @@ class EncodedText:
     attr_valid: np.ndarray
     attr_value: np.ndarray
     mentions: list[list[Mention]]
+    tokens: list[list[str]] = field(default_factory=list)
 
 
 class TextEncoder:
@@ -263,23 +265,31 @@ class TextEncoder:
         attr_valid = np.zeros((b, a), bool)
         attr_value = np.zeros((b, a), np.int64)
         kept: list[list[Mention]] = []
+        all_tokens: list[list[str]] = []
         for i, title in enumerate(titles):
-            toks = self.tokens(title)
-            mentions = self.lexicon.extract(toks)
-            for kind, value in (extra[i] if extra is not None else ()):
-                if any(m.kind == kind and m.value == value for m in mentions):
-                    continue
-                form = words(value)
-                if not form or len(toks) + len(form) > l:
-                    continue
-                mentions.append(Mention(kind, value, len(toks), len(toks) + len(form)))
-                toks = toks + form
+            toks, mentions = self.arrange(title, extra[i] if extra is not None else ())
             ids[i, : len(toks)] = [self.vocab.id(w) for w in toks]
             mask[i, : len(toks)] = True
-            mentions = mentions[:a]
             for j, m in enumerate(mentions):
                 attr_mask[i, j, m.start:m.end] = 1.0
                 attr_valid[i, j] = True
                 attr_value[i, j] = self.lexicon.value_id[(m.kind, m.value)]
             kept.append(mentions)
-        return EncodedText(ids, mask, attr_mask, attr_valid, attr_value, kept)
+            all_tokens.append(toks)
+        return EncodedText(ids, mask, attr_mask, attr_valid, attr_value, kept, all_tokens)
+
+    def arrange(self, title: str, extra: Sequence[tuple[str, str]] = ()) -> tuple[list[str], list[Mention]]:
+        """A title's words and mentions as :meth:`encode` lays them out: structured (kind,
+        value) attributes not already mentioned are appended as words when they fit; at
+        most ``max_attrs`` mentions."""
+        toks = self.tokens(title)
+        mentions = self.lexicon.extract(toks)
+        for kind, value in extra:
+            if any(m.kind == kind and m.value == value for m in mentions):
+                continue
+            form = words(value)
+            if not form or len(toks) + len(form) > self.max_len:
+                continue
+            mentions.append(Mention(kind, value, len(toks), len(toks) + len(form)))
+            toks = toks + form
+        return toks, mentions[: self.max_attrs]

@@ -7,6 +7,7 @@ from PIL import Image
 from ecomatch_model import load
 from ecomatch_model.api import Matcher
 from ecomatch_model.checkpoint import save
+from ecomatch_model.data import swap_values
 from ecomatch_model.preprocess import ImageDecodeError, letterbox, open_image, preprocess, to_uint8
 
 
@@ -71,3 +72,37 @@ def test_preprocess_normalises(red_jpeg):
 def test_unknown_model_name_is_clear():
     with pytest.raises(FileNotFoundError, match="no model at 'nope'"):
         load("nope")
+
+
+def test_a_global_mismatch_is_blamed_on_the_attribute_whose_swap_restores_the_match(tiny_ckpt, red_jpeg):
+    m = Matcher(tiny_ckpt, device="cpu")
+    m.thresholds = {**{k: 0.0 for k in m.lexicon.kinds}, "match": 0.99}    # only the global match can fail
+    title = "Ardent Men Red Cotton Shirt"
+    img = m.embed_images([red_jpeg])[0]
+    other = np.random.default_rng(0).normal(size=img.shape)
+    other = (other - (other @ img) * img) / np.linalg.norm(other - (other @ img) * img)   # cosine 0 with the image
+    seen: list[str] = []
+
+    def embed(texts, word="blue"):
+        seen.extend(texts)
+        return np.stack([img if word in t.split() else other for t in texts]).astype(np.float32)
+
+    m.embed_texts = embed
+    s = m.score([red_jpeg], [title])[0]
+    assert s.match_fails and not s.failing()
+    # Every mention swapped for every value of another group of its kind, one at a time.
+    kinds = [a.kind for a in s.attributes]
+    assert len(seen) == sum(len(swap_values(m.lexicon, a.kind, a.value)) for a in s.attributes)
+    assert "ardent men blue cotton shirt" in seen and "ardent women red cotton shirt" in seen
+    assert s.explained == kinds.index("colour") and s.explained_value == "blue" and s.culprit() == s.explained
+    assert s.explained_match == pytest.approx(1.0, abs=1e-5) and 0 <= s.explained_score <= 1
+    assert s.worst_kind == "colour"
+
+    m.embed_texts = lambda texts: embed(texts, word="no-such-word")   # no single swap restores the match
+    s = m.score([red_jpeg], [title])[0]
+    assert s.explained is None and s.culprit() is None and s.worst_kind == "match"
+
+    m.thresholds["colour"] = 1.0                                        # a failing attribute: no swaps tried
+    seen.clear()
+    s = m.score([red_jpeg], [title])[0]
+    assert s.worst_kind == "colour" and s.explained is None and not seen

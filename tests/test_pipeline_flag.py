@@ -29,6 +29,12 @@ def scored(lid: str, match: float, attrs: list[AttributeScore], origins: list[st
                          ListingScore(match, match_threshold, attrs))
 
 
+def explained(listing: ScoredListing, j: int, value: str, match: float, score: float) -> ScoredListing:
+    s = listing.score
+    s.explained, s.explained_value, s.explained_match, s.explained_score = j, value, match, score
+    return listing
+
+
 CASES = [
     (scored("ok", 0.6, [attr("colour", "red", 0.9, 0.5, "maroon", 0.3)]),
      Verdict("ok", "ok", (1 + max((0.2 - 0.6) / 2, 0.5 - 0.9)) / 2, 0.6, None, "h-ok")),
@@ -48,6 +54,23 @@ CASES = [
               "the image does not match the title (match -0.60 < threshold 0.20)"),
              (Finding("pattern", "striped", 0.45, 0.5, None, None),))),
     (scored("bare", 0.2, []), Verdict("bare", "ok", 0.5, 0.2, None, "h-bare")),
+    # The global match fails alone; swapping the article type restores it: that attribute is
+    # blamed and listed, with the value that restores the match as its suggestion.
+    (explained(scored("expl", -0.4, [attr("colour", "red", 0.8, 0.4), attr("article_type", "tshirt", 0.92, 0.9,
+                                                                             "cap", 0.2)],
+                      ["title", "article_type"]), 1, "backpack", 0.35, 0.04),
+     Verdict("expl", "violation", (1 + 0.30000000000000004) / 2, -0.4, "article_type", "h-expl",
+             ("column article_type says Tshirt; with Backpack instead the image matches the title "
+              "(match 0.35 >= threshold 0.20)",
+              "the image does not match the title (match -0.40 < threshold 0.20)"),
+             (Finding("article_type", "tshirt", 0.92, 0.9, "backpack", 0.04),))),
+    # A failing attribute is blamed before any explanation of the match.
+    (explained(scored("fail", -0.4, [attr("colour", "red", 0.1, 0.4, "blue", 0.9), attr("pattern", "solid", 0.9,
+                                                                                         0.5)]), 1, "striped", 0.3, 0.5),
+     Verdict("fail", "violation", (1 + 0.30000000000000004) / 2, -0.4, "colour", "h-fail",
+             ("title says Red; the image looks Blue (colour 0.10 < threshold 0.40; Blue 0.90)",
+              "the image does not match the title (match -0.40 < threshold 0.20)"),
+             (Finding("colour", "red", 0.1, 0.4, "blue", 0.9),))),
 ]
 
 

@@ -12,7 +12,7 @@ lines, sorted) and the image bytes. Equal hashes mean the model saw the same inp
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Mapping, Sequence
 
 import apache_beam as beam
@@ -59,7 +59,7 @@ class DecodedListing:
 
     pixels (3, S, S) uint8; ids, mask (L,); attr_mask (A, L); attr_valid, attr_value (A,);
     ``mentions`` are the attributes checked, ``origins[j]`` says where mention j came from
-    (``"title"`` or the structured column's name).
+    (``"title"`` or the structured column's name); ``tokens`` are the words encoded.
     """
 
     listing_id: str
@@ -73,6 +73,7 @@ class DecodedListing:
     attr_value: np.ndarray
     mentions: list[Mention]
     origins: list[str]
+    tokens: list[str] = field(default_factory=list)
 
 
 def image_format(data: bytes) -> str:
@@ -162,7 +163,7 @@ class ListingDecoder:
                    for m in mentions]
         return DecodedListing(raw.listing_id, raw.source, self.listing_hash(raw, data),
                               pixels, enc.ids[0], enc.mask[0], enc.attr_mask[0], enc.attr_valid[0], enc.attr_value[0],
-                              mentions, origins)
+                              mentions, origins, enc.tokens[0])
 
 
 class DecodeListings(beam.PTransform):

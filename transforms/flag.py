@@ -15,10 +15,14 @@ a threshold: violations score above 0.5, ok listings at or below it (a shortfall
 float precision can round a violation's severity to exactly 0.5).
 
 ``worst_kind`` is ``ListingScore.worst_kind``, the rule ``ecomatch_model.evaluate`` measures:
-the failing attribute with the largest shortfall; ``match`` when only the global match
-fails (a global mismatch no attribute explains); None for ``ok`` listings. A violation's ``attributes`` are
-its failing attributes, worst first, each with the model's best other value of its kind as
-the suggestion; its ``reasons`` say the same in words, then the global mismatch if any.
+the failing attribute with the largest shortfall; when only the global match fails, the
+attribute whose change alone restores the match (``ListingScore.explained``: the title with
+another value of that kind matches the image at or above the match threshold); ``match``
+when only the global match fails and no single change explains it; None for ``ok``
+listings. A violation's ``attributes`` are its failing attributes, worst first, each with
+the model's best other value of its kind as the suggestion, or else the explaining
+attribute, with the value that restores the match as the suggestion (its own score may be
+above its threshold); its ``reasons`` say the same in words, then the global mismatch if any.
 """
 from __future__ import annotations
 
@@ -28,7 +32,7 @@ from typing import Any, Iterator
 
 import apache_beam as beam
 from apache_beam.metrics import Metrics
-from ecomatch_model.api import AttributeScore
+from ecomatch_model.api import AttributeScore, ListingScore
 
 from .progress import NAMESPACE, ProgressLog, listings_progress
 from .score import ScoredListing
@@ -89,6 +93,13 @@ def attribute_reason(a: AttributeScore, origin: str) -> str:
             f"({numbers}; {display(a.suggestion)} {a.suggestion_score:.2f})")
 
 
+def explained_reason(a: AttributeScore, origin: str, s: ListingScore) -> str:
+    """``title says Tshirt; with Backpack instead the image matches the title (match 0.91 >= threshold 0.86)``."""
+    where = "title" if origin == "title" else f"column {origin}"
+    return (f"{where} says {display(a.value)}; with {display(s.explained_value)} instead the image matches the "
+            f"title (match {s.explained_match:.2f} >= threshold {s.match_threshold:.2f})")
+
+
 def match_reason(match: float, threshold: float) -> str:
     return f"the image does not match the title (match {match:.2f} < threshold {threshold:.2f})"
 
@@ -101,11 +112,16 @@ def flag_listing(scored: ScoredListing) -> Verdict:
     worst = s.worst_kind
     severity = (1 + max([match_shortfall] + [a.threshold - a.score for a in s.attributes])) / 2
     reasons = [attribute_reason(a, origin) for a, origin in failing]
+    findings = [Finding(a.kind, a.value, a.score, a.threshold, a.suggestion or None,
+                        a.suggestion_score if a.suggestion else None) for a, _ in failing]
+    j = s.culprit()
+    if not failing and j is not None:      # the global match fails alone, and one attribute explains it
+        a = s.attributes[j]
+        reasons.append(explained_reason(a, scored.origins[j], s))
+        findings.append(Finding(a.kind, a.value, a.score, a.threshold, s.explained_value, s.explained_score))
     reasons += [match_reason(s.match, s.match_threshold)] if s.match_fails else []
-    findings = tuple(Finding(a.kind, a.value, a.score, a.threshold, a.suggestion or None,
-                             a.suggestion_score if a.suggestion else None) for a, _ in failing)
     return Verdict(scored.listing_id, "violation" if worst else "ok", severity, s.match, worst,
-                   scored.content_hash, tuple(reasons), findings)
+                   scored.content_hash, tuple(reasons), tuple(findings))
 
 
 class _FlagFn(beam.DoFn):

@@ -46,7 +46,8 @@ def stack_batch(listings: Sequence[DecodedListing], size: int) -> ListingBatch:
     rows = list(listings) + [listings[-1]] * max(0, size - len(listings))
     text = EncodedText(np.stack([r.ids for r in rows]), np.stack([r.mask for r in rows]),
                        np.stack([r.attr_mask for r in rows]), np.stack([r.attr_valid for r in rows]),
-                       np.stack([r.attr_value for r in rows]), [list(r.mentions) for r in rows])
+                       np.stack([r.attr_value for r in rows]), [list(r.mentions) for r in rows],
+                       [list(r.tokens) for r in rows])
     return ListingBatch(len(listings), np.stack([r.pixels for r in rows]), text)
 
 
@@ -59,7 +60,7 @@ class ListingScorer:
 
     def score(self, batch: ListingBatch) -> list[ListingScore]:
         out = self.matcher.forward(torch.from_numpy(batch.pixels), batch.text)   # uint8, normalised on the device
-        return self.matcher.results(out, batch.text)[: batch.n]
+        return self.matcher.results(out, batch.text, batch.n)
 
 
 class EcomatchModelHandler(ModelHandler[DecodedListing, PredictionResult, ListingScorer]):
