@@ -17,17 +17,7 @@
 # to the compiled rows (reduce-overhead, ...). bench/paper_variants.sh compares batch
 # sizes, attention backends, cuDNN's algorithm search and CUDA graphs for `paper`.
 set -u
-OUT=${1:?usage: bash bench/gpu.sh OUTDIR DATA_DIR}
-DATA=${2:?usage: bash bench/gpu.sh OUTDIR DATA_DIR}
-PY=${PYTHON:-python3}
-ROOT=$(cd "$(dirname "$0")/.." && pwd)
-mkdir -p "$OUT"
-cd "$ROOT"
-if compgen -G ".whl/*.whl" > /dev/null; then
-  "$PY" -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
-fi
-export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
-DEVICE=${DEVICE:-$("$PY" -c 'import torch; print("cuda" if torch.cuda.is_available() else "cpu")')}
+source "$(dirname "$0")/lib.sh"
 
 "$PY" - <<PYEOF
 import platform, sys, torch
@@ -74,15 +64,6 @@ else
   T_CHECK=40 T_MODEL=80 T_DECODE=75 T_COMPILE=90
 fi
 
-run() {  # name seconds command...
-  local name=$1 secs=$2; shift 2
-  echo "== $name (at most ${secs}s): $*"
-  local t0=$SECONDS
-  timeout --kill-after=5 "$secs" "$@" > "$OUT/$name.log" 2>&1
-  local rc=$?
-  tail -n 25 "$OUT/$name.log"
-  echo "== $name: exit $rc after $((SECONDS - t0))s"
-}
 
 [ ${#CHECK_DATA[@]} -gt 0 ] && run check "$T_CHECK" "$PY" bench/fastpath_check.py "${CHECK_DATA[@]}" "${CHECK[@]}" \
   --device "$DEVICE" --json "$OUT/check.json" --dump "$OUT/worst.npz"

@@ -13,27 +13,12 @@
 #
 #   bash bench/paper_variants.sh OUTDIR DATA_DIR     # DATA_DIR as for bench/gpu.sh
 set -u
-OUT=${1:?usage: bash bench/paper_variants.sh OUTDIR DATA_DIR}
-DATA=${2:?usage: bash bench/paper_variants.sh OUTDIR DATA_DIR}
-PY=${PYTHON:-python3}
-ROOT=$(cd "$(dirname "$0")/.." && pwd)
-mkdir -p "$OUT"
-cd "$ROOT"
-export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
-DEVICE=${DEVICE:-$("$PY" -c 'import torch; print("cuda" if torch.cuda.is_available() else "cpu")')}
+source "$(dirname "$0")/lib.sh"
+RUN_SHOW='^  .*listings/s|^(PASS|FAIL)'
 BASE=(bench/model.py --prune --device "$DEVICE" --configs "${CONFIG:-paper}" --dtypes bf16w+compile --repeats 5
       --min-seconds 0.25)
 B=${BATCH:-512}
 
-run() {  # name seconds command...
-  local name=$1 secs=$2; shift 2
-  echo "== $name (at most ${secs}s): $*"
-  local t0=$SECONDS
-  timeout --kill-after=5 "$secs" "$@" > "$OUT/$name.log" 2>&1
-  local rc=$?
-  grep -E "listings/s|PASS|FAIL" "$OUT/$name.log" | grep -v "^model " | tail -n 12
-  echo "== $name: exit $rc after $((SECONDS - t0))s"
-}
 
 run compile 70 "$PY" "${BASE[@]}" --compile-batch-sizes "$B" 1024 --json "$OUT/compile.json"
 run compile-mlp64 45 "$PY" "${BASE[@]}" --compile-batch-sizes "$B" --mlp-multiple 64 --json "$OUT/compile-mlp64.json"

@@ -1,5 +1,5 @@
 """One markdown table from the JSON that ``bench/gpu.sh`` writes (check, model, compile,
-decode); parts that did not run are named below the table. Also writes summary.md.
+decode); parts that started but wrote no results are named below the table. Also writes summary.md.
 
     python bench/summary.py OUTDIR
 """
@@ -56,7 +56,8 @@ def main(argv: list[str] | None = None) -> int:
     for part in PARTS:
         path = out / f"{part}.json"
         if not path.exists():
-            missing.append(part)
+            if (out / f"{part}.log").exists():     # started, but wrote no results
+                missing.append(part)
             continue
         table += ["| " + " | ".join(r) + " |" for r in rows(part, json.loads(path.read_text()))]
     text = "\n".join(table) + ("\n\nnot run or timed out: " + ", ".join(missing) if missing else "") + "\n"
