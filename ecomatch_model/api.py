@@ -48,6 +48,10 @@ GPU_BATCH_SIZE = 512            # paper at 224x224 in bf16 needs about 10 GiB of
 PRECISIONS = ("fp32", "bf16", "bf16-weights")
 # GPU decode takes only JPEGs at least this many times the model input (see decode_batch).
 GPU_DECODE_MIN_FACTOR = 2
+# Matcher.explain_matches tries at most this many values per mention (AGA's likeliest of
+# another group): the same sample_data/ results as all of them (up to 90 article types), a
+# third of the re-embedded titles; 8 lost one right kind there.
+EXPLAIN_CANDIDATES = 16
 
 
 @dataclass
@@ -268,8 +272,8 @@ class Matcher:
     def explain_matches(self, out: MatchOutput, enc: EncodedText, listings: list[ListingScore],
                         logits: torch.Tensor) -> None:
         """For each listing flagged by the global match alone: re-embed its text with one
-        mention at a time swapped for every value of another group of its kind (as training
-        corrupts titles), and blame the mention whose best swap brings the match with the
+        mention at a time swapped for each value of another group of its kind (as training
+        corrupts titles; AGA's ``EXPLAIN_CANDIDATES`` likeliest where there are more), and blame the mention whose best swap brings the match with the
         image up to the match threshold; the highest such match wins. Sets ``explained*``
         in place. Listings without their words in ``enc.tokens`` are left as they are."""
         todo = [i for i, s in enumerate(listings)
@@ -277,7 +281,12 @@ class Matcher:
         texts, owners = [], []
         for i in todo:
             for j, m in enumerate(enc.mentions[i]):
-                for v in swap_values(self.lexicon, m.kind, m.value):
+                candidates = swap_values(self.lexicon, m.kind, m.value)
+                if len(candidates) > EXPLAIN_CANDIDATES:   # the values AGA finds likeliest in the image
+                    ids = torch.tensor([self.lexicon.value_id[(m.kind, v)] for v in candidates])
+                    top = torch.argsort(logits[i, j, ids], descending=True)[:EXPLAIN_CANDIDATES].tolist()
+                    candidates = [candidates[k] for k in top]
+                for v in candidates:
                     texts.append(replace_mention(enc.tokens[i], m, v))
                     owners.append((i, j, v))
         if not texts:

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from ecomatch_model import load
+from ecomatch_model import api, load
 from ecomatch_model.api import Matcher
 from ecomatch_model.checkpoint import save
 from ecomatch_model.data import swap_values
@@ -74,7 +74,8 @@ def test_unknown_model_name_is_clear():
         load("nope")
 
 
-def test_a_global_mismatch_is_blamed_on_the_attribute_whose_swap_restores_the_match(tiny_ckpt, red_jpeg):
+def test_a_global_mismatch_is_blamed_on_the_attribute_whose_swap_restores_the_match(tiny_ckpt, red_jpeg, monkeypatch):
+    monkeypatch.setattr(api, "EXPLAIN_CANDIDATES", 1000)                   # every value (the cap: next test)
     m = Matcher(tiny_ckpt, device="cpu")
     m.thresholds = {**{k: 0.0 for k in m.lexicon.kinds}, "match": 0.99}    # only the global match can fail
     title = "Ardent Men Red Cotton Shirt"
@@ -106,3 +107,23 @@ def test_a_global_mismatch_is_blamed_on_the_attribute_whose_swap_restores_the_ma
     seen.clear()
     s = m.score([red_jpeg], [title])[0]
     assert s.worst_kind == "colour" and s.explained is None and not seen
+
+
+def test_swaps_are_tried_for_the_values_aga_finds_likeliest(tiny_ckpt, red_jpeg, monkeypatch):
+    monkeypatch.setattr(api, "EXPLAIN_CANDIDATES", 3)
+    m = Matcher(tiny_ckpt, device="cpu")
+    m.thresholds = {**{k: 0.0 for k in m.lexicon.kinds}, "match": 0.99}
+    title = "Ardent Men Red Cotton Shirt"
+    seen: list[str] = []
+    m.embed_texts = lambda texts: (seen.extend(texts), np.zeros((len(texts), m.cfg.embed_dim), np.float32))[1]
+    s = m.score([red_jpeg], [title])[0]
+    enc = m.encode_texts([title])
+    logits = m.forward(m.pixels([red_jpeg]), enc).attr_logits[0]
+    j = [a.kind for a in s.attributes].index("colour")
+    others = swap_values(m.lexicon, "colour", "red")
+    top3 = sorted(others, key=lambda v: -float(logits[j, m.lexicon.value_id[("colour", v)]]))[:3]
+    tried = {t[len("ardent men "):-len(" cotton shirt")] for t in seen
+             if t.startswith("ardent men ") and t.endswith(" cotton shirt")}
+    assert tried == set(top3) and len(seen) == sum(min(3, len(swap_values(m.lexicon, a.kind, a.value)))
+                                                    for a in s.attributes)
+    assert s.explained is None and s.worst_kind == "match"       # cosine 0 everywhere: nothing restores it
