@@ -273,9 +273,10 @@ class Matcher:
                         logits: torch.Tensor) -> None:
         """For each listing flagged by the global match alone: re-embed its text with one
         mention at a time swapped for each value of another group of its kind (as training
-        corrupts titles; AGA's ``EXPLAIN_CANDIDATES`` likeliest where there are more), and blame the mention whose best swap brings the match with the
-        image up to the match threshold; the highest such match wins. Sets ``explained*``
-        in place. Listings without their words in ``enc.tokens`` are left as they are."""
+        corrupts titles; AGA's ``EXPLAIN_CANDIDATES`` likeliest where there are more), and
+        blame the mention whose best swap brings the match with the image up to the match
+        threshold; the highest such match wins. Sets ``explained*`` in place. Listings
+        without their words in ``enc.tokens`` are left as they are."""
         todo = [i for i, s in enumerate(listings)
                 if s.match_fails and not s.failing() and i < len(enc.tokens) and enc.mentions[i]]
         texts, owners = [], []

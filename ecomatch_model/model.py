@@ -320,8 +320,7 @@ def for_inference(model: DualMatcher, device: torch.device | str, precision: str
     ``precision="bf16-weights"``, and on CUDA MLP widths padded to multiples of 8 and NHWC
     stem convolutions. ``mlp_multiple``, ``stem_input_channels`` (:func:`pad_stem_input`,
     off by default) and ``flat_mlp`` (MLPs on 2-D rows) are there for bench/model.py to
-    compare on a GPU. Same scores as
-    ``model`` up to float rounding. The copy is made where
+    compare on a GPU. Same scores as ``model`` up to float rounding. The copy is made where
     ``model`` is, then moved. (Folding the stem's BatchNorms into the convolutions was tried
     and left out: under bf16 weights it raised the largest score difference from fp32 by a
     third on real listings, and compiled models fuse BatchNorm into the GELU after it anyway.)"""

@@ -83,9 +83,14 @@ def display(value: str) -> str:
     return string.capwords(value)
 
 
+def source(origin: str) -> str:
+    """Where a mention came from, as reasons say it: ``title`` or ``column NAME``."""
+    return "title" if origin == "title" else f"column {origin}"
+
+
 def attribute_reason(a: AttributeScore, origin: str) -> str:
     """``title says Red; the image looks Navy Blue (colour 0.12 < threshold 0.40; ...)``."""
-    where = "title" if origin == "title" else f"column {origin}"
+    where = source(origin)
     numbers = f"{a.kind} {a.score:.2f} < threshold {a.threshold:.2f}"
     if not a.suggestion:
         return f"{where} says {display(a.value)}; the image does not look {display(a.value)} ({numbers})"
@@ -95,8 +100,7 @@ def attribute_reason(a: AttributeScore, origin: str) -> str:
 
 def explained_reason(a: AttributeScore, origin: str, s: ListingScore) -> str:
     """``title says Tshirt; with Backpack instead the image matches the title (match 0.91 >= threshold 0.86)``."""
-    where = "title" if origin == "title" else f"column {origin}"
-    return (f"{where} says {display(a.value)}; with {display(s.explained_value)} instead the image matches the "
+    return (f"{source(origin)} says {display(a.value)}; with {display(s.explained_value)} instead the image matches the "
             f"title (match {s.explained_match:.2f} >= threshold {s.match_threshold:.2f})")
 
 
