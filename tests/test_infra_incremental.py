@@ -1,8 +1,10 @@
 """Incremental scans (``--state``, transforms/state.py) end to end on the local runner: a rerun
 carries every verdict forward and scores nothing, changing 10 listings scores exactly those
-10, dropped listings are reported as removed, and a new model rescans everything."""
+10, dropped listings are reported as removed, and a new model (or new scoring rules) rescans everything."""
 from __future__ import annotations
 
+import json
+import shutil
 from pathlib import Path
 
 import pyarrow as pa
@@ -16,7 +18,7 @@ from pipeline_fixtures import model_dir_fixture  # noqa: F401 (fixture)
 from ecomatch_model.checkpoint import Checkpoint, save
 from ecomatch_model.sample import make_listings
 from pipelines.scan import ScanConfigError, run
-from transforms.reports import read_summary
+from transforms.reports import SCORING_RULES, read_summary
 from transforms.state import previous_run
 
 N, CHANGED, DROPPED = 24, 10, 3
@@ -101,6 +103,14 @@ def test_state_is_used_only_when_complete_and_alike(catalogue: pa.Table, model_d
     assert why == "" and previous.prefix == str(tmp_path / "a") and len(previous.scores) >= 1
     assert previous_run(str(tmp_path / "a"), sha, {**thresholds, "match": 0.5})[0] is None
     assert previous_run(str(tmp_path / "a"), "f" * 64, thresholds)[1].startswith("it was scanned with another model")
+    # A run made under other scoring rules (here: before the version was recorded) is rescanned.
+    assert summary["scoring_rules"] == SCORING_RULES
+    older = tmp_path / "older"
+    shutil.copytree(tmp_path / "a", older)
+    del summary["scoring_rules"]
+    (older / "summary.json").write_text(json.dumps(summary))
+    assert previous_run(str(older), sha, thresholds) == (
+        None, f"it was scanned under other scoring rules (version 1; this scan's is {SCORING_RULES})")
     (tmp_path / "broken").mkdir()
     (tmp_path / "broken" / "summary.json").write_text("{}")
     for incomplete in ("missing", "broken"):

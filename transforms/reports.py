@@ -8,8 +8,8 @@
   counted apart, as ``skipped_inputs``;
 - ``removed/part-*.parquet``: with ``--state``, one row per listing id of the earlier run that
   is not read any more (:data:`REMOVED_SCHEMA`, ``transforms/state.py``);
-- ``summary.json``: counts, model, thresholds, input, runner, times and throughput, and
-  the shard files of this run. It is written last, only once every shard is final and the
+- ``summary.json``: counts, model, thresholds, the scoring rules' version
+  (:data:`SCORING_RULES`), input, runner, times and throughput, and the shard files of this run. It is written last, only once every shard is final and the
   counts reconcile (read = scored + errors, scored = ok + violations); otherwise the job
   fails. A prefix without ``summary.json`` holds no complete run. ``duplicates`` counts the
   listing ids read more than once (``ids``) and the rows carrying them (``rows``): every
@@ -52,6 +52,11 @@ from .flag import MATCH, Verdict
 SCORES, VIOLATIONS, ERRORS, SUMMARY = "scores", "violations", "errors", "summary.json"
 REMOVED = "removed"           # written with --state only
 REPORT = "report.html"        # written after summary.json, by the job's WriteHtmlReport (transforms.html_report)
+# What a listing's rows say for the same model, thresholds and input: raise it whenever that
+# changes, so that ``--state`` rescans a run made under the older rules instead of carrying
+# its rows forward. 1: a failing attribute is blamed, else the global match; 2: a global
+# mismatch is blamed on the attribute whose swap restores the match (``Matcher.explain_matches``).
+SCORING_RULES = 2
 
 SCORES_SCHEMA = pa.schema([
     ("listing_id", pa.string()), ("verdict", pa.string()), ("severity", pa.float64()),
@@ -176,6 +181,7 @@ def write_summary(events: Mapping[str, int], info: ScanInfo, scores: Sequence[st
                         "scored": int(events.get("inferred", 0)), "removed": int(events.get("removed", 0))},
         "model": {"name": redact(info.model_name), "sha256": info.model_sha256},
         "thresholds": dict(info.thresholds),
+        "scoring_rules": SCORING_RULES,
         "input": {"pattern": redact(info.input), "files": info.input_files},
         "output": redact(info.output),
         "runner": info.runner,

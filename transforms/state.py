@@ -14,7 +14,8 @@ one process:
 
 The hash covers the model's weights, so a new model version rescans everything. The launcher
 (:func:`previous_run`) uses a state only when its run is complete (``summary.json``) and had
-the same model and thresholds; otherwise it says why and the scan is a full one.
+the same model, thresholds and scoring rules (``SCORING_RULES``, ``transforms/reports.py``);
+otherwise it says why and the scan is a full one.
 """
 from __future__ import annotations
 
@@ -31,7 +32,7 @@ from .decode import ListingDecoder, image_bytes
 from .flag import Finding, Verdict
 from .listings import RawListing
 from .progress import NAMESPACE
-from .reports import SCORES, SCORES_SCHEMA, VIOLATIONS, VIOLATIONS_SCHEMA, read_summary
+from .reports import SCORES, SCORES_SCHEMA, SCORING_RULES, VIOLATIONS, VIOLATIONS_SCHEMA, read_summary
 
 CARRIED, REMOVED = "carried", "removed"
 
@@ -58,6 +59,9 @@ def previous_run(prefix: str, model_sha256: str, thresholds: Mapping[str, float]
         return None, f"it was scanned with another model (sha256 {sha[:12]})"
     if then != dict(thresholds):
         return None, "it was scanned with other thresholds"
+    rules = summary.get("scoring_rules", 1)         # runs before the version was recorded: 1
+    if rules != SCORING_RULES:
+        return None, f"it was scanned under other scoring rules (version {rules}; this scan's is {SCORING_RULES})"
     return PreviousRun(prefix, shards[SCORES], shards[VIOLATIONS]), ""
 
 
