@@ -91,7 +91,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     cfg = apply_overrides(get_config(args.config), args.set)
     opts = TrainOptions(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
                         device=args.device, stop_after=args.stop_after, group_chunk=args.group_chunk,
-                        time_budget=args.time_budget, trainable=args.trainable)
+                        time_budget=args.time_budget, trainable=args.trainable,
+                        image_negatives=args.image_negatives)
     t0 = time.time()
     data = ", ".join(f"`{d}`" for d in args.data)
     body = (f"Command: `{_command_line()}`\n\nData: {data}: {len(train_set)} training and "
@@ -262,6 +263,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="hard negatives: batches made of runs of N listings of one article type (0: off)")
     s.add_argument("--trainable", choices=["all", "aga"], default="all",
                    help="aga: fine-tune only the attribute-guided attention (with --init); the rest stays frozen")
+    s.add_argument("--image-negatives", type=float, default=0.0, metavar="WEIGHT",
+                   help="weight of the image-swap attribute loss: titles scored against another listing's "
+                        "image, values it contradicts pushed to 0 (0: off)")
     s.add_argument("--precision", type=float, default=0.9, help="calibration target on the validation split")
     s.add_argument("--max-eval", type=int, default=3000)
     s.add_argument("--attribute-columns", default=None, help="column=kind,... (default: the catalogue's)")

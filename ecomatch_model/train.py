@@ -58,6 +58,13 @@ class TrainOptions:
     # prototypes); the towers, compressions and matching heads stay frozen, in eval mode, so
     # the global match and retrieval are exactly the starting checkpoint's.
     trainable: str = "all"
+    # Weight of the image-swap attribute loss (0: off): each clean title is also attended
+    # over the previous listing's image in the batch, and a mentioned value whose kind that
+    # listing names with values of other groups only has its score pushed to 0. Corrupted
+    # titles teach AGA that one wrong word is wrong against a coherent photo; this teaches
+    # it that a coherent title is wrong against another article's photo (the case of a
+    # listing whose photo was swapped, where the text alone gives no hint).
+    image_negatives: float = 0.0
 
 
 def augment(pixels: torch.Tensor, gen: torch.Generator, pad: int, gather: bool | None = None) -> torch.Tensor:
@@ -108,13 +115,34 @@ def _tensors(enc: EncodedText, device: torch.device) -> tuple[torch.Tensor, ...]
                                                           enc.attr_value))
 
 
+def value_groups(lexicon: Lexicon) -> torch.Tensor:
+    """(V,) long: each lexicon value's group, numbered across kinds ((kind, group) pairs)."""
+    keys = [(kind, lexicon.group(kind, value)) for kind, value in lexicon.values]
+    number = {k: i for i, k in enumerate(dict.fromkeys(keys))}
+    return torch.tensor([number[k] for k in keys], dtype=torch.long)
+
+
+def image_swap_negatives(values: torch.Tensor, valid: torch.Tensor, partner: torch.Tensor,
+                         value_kind: torch.Tensor, value_group: torch.Tensor) -> torch.Tensor:
+    """(B, A) bool: the mention slots of listing i that are wrong for listing
+    ``partner[i]``'s image, as far as that listing's own mentions tell: it names values of
+    the slot's kind, and none of them is in the slot value's group. Where the partner names
+    no value of the kind, nothing is known and the slot is left out."""
+    pv, pvalid = values[partner], valid[partner]                                   # (B, A')
+    same_kind = ((value_kind[values][:, :, None] == value_kind[pv][:, None, :])
+                 & pvalid[:, None, :] & valid[:, :, None])                          # (B, A, A')
+    same_group = same_kind & (value_group[values][:, :, None] == value_group[pv][:, None, :])
+    return valid & same_kind.any(-1) & ~same_group.any(-1)
+
+
 def losses(model: DualMatcher, pixels: torch.Tensor, clean: EncodedText, corrupt: EncodedText,
            corrupt_slot: np.ndarray, device: torch.device, opts: TrainOptions,
-           duplicates: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+           duplicates: torch.Tensor | None = None, value_group: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
     """All training losses for one batch. ``corrupt_slot[i]`` is the attribute slot of
     listing i swapped in ``corrupt`` (-1 when listing i has nothing to swap);
     ``duplicates`` (B, B) marks pairs with the same title or image, kept out of each
-    other's negatives."""
+    other's negatives; ``value_group`` (V,) (see :func:`value_groups`, on ``device``) is
+    needed for ``opts.image_negatives``."""
     ids, mask, amask, avalid, avalue = _tensors(clean, device)
     cids, cmask, camask, cavalid, cavalue = _tensors(corrupt, device)
     with torch.no_grad() if opts.trainable == "aga" else contextlib.nullcontext():   # frozen encoders
@@ -155,9 +183,25 @@ def losses(model: DualMatcher, pixels: torch.Tensor, clean: EncodedText, corrupt
     else:
         neg_bce = own.sum() * 0
 
+    # Another listing's image: a mentioned value that listing contradicts goes to 0.
+    image_bce = own.sum() * 0
+    if opts.image_negatives > 0 and b > 1:
+        if value_group is None:
+            raise ValueError("image_negatives needs value_group")
+        partner = torch.roll(torch.arange(b, device=device), 1)
+        wrong = image_swap_negatives(avalue, avalid, partner, model.value_kind, value_group)
+        if duplicates is not None:      # an identical image or title: not another listing
+            wrong &= ~duplicates[torch.arange(b, device=device), partner].unsqueeze(1)
+        if wrong.any():
+            x_logits, _, _ = model.attend(img_tokens[partner], txt_states, amask, avalid, avalue)
+            x_own = x_logits.gather(2, avalue.unsqueeze(-1)).squeeze(-1)[wrong]
+            image_bce = F.binary_cross_entropy_with_logits(x_own, torch.zeros_like(x_own))
+
     gates = torch.cat([m.gate.abs() for m in model.modules() if isinstance(m, GatedMLP)])
-    total = contrast + opts.attr_weight * (attr_ce + pos_bce + neg_bce) + opts.gate_l1 * gates.mean()
-    return {"loss": total, "contrast": contrast, "attr_ce": attr_ce, "pos_bce": pos_bce, "neg_bce": neg_bce}
+    total = (contrast + opts.attr_weight * (attr_ce + pos_bce + neg_bce + opts.image_negatives * image_bce)
+             + opts.gate_l1 * gates.mean())
+    return {"loss": total, "contrast": contrast, "attr_ce": attr_ce, "pos_bce": pos_bce, "neg_bce": neg_bce,
+            "image_bce": image_bce}
 
 
 def corrupt_batch(encoder: TextEncoder, titles: list[str], rng: np.random.Generator,
@@ -284,6 +328,7 @@ def train(listings: Listings, cfg: ModelConfig, out: str, opts: TrainOptions, co
     dup_keys = np.stack([np.unique([" ".join(toks) for toks, _ in parsed], return_inverse=True)[1],
                          np.unique([hashlib.sha1(b).digest() for b in kept.images], return_inverse=True)[1]])
     groups = np.asarray(kept.column("article_type"), dtype=object)
+    value_group = value_groups(lexicon).to(device)
     on_device = torch.from_numpy(pixels_u8).to(device)
     log.info("decoded %d/%d images at %dpx in %.1fs", len(ok), len(listings), size, time.time() - t0)
 
@@ -321,7 +366,8 @@ def train(listings: Listings, cfg: ModelConfig, out: str, opts: TrainOptions, co
             px = normalize(augment(on_device[torch.from_numpy(idx).to(device)], gen, pad=max(2, size // 16)))
             for g in opt.param_groups:
                 g["lr"] = lr_at(step)
-            parts = losses(model, px, clean, corrupt, slots, device, opts, same_content(dup_keys[:, idx], device))
+            parts = losses(model, px, clean, corrupt, slots, device, opts, same_content(dup_keys[:, idx], device),
+                           value_group)
             opt.zero_grad(set_to_none=True)
             parts["loss"].backward()
             torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], 1.0)
@@ -332,10 +378,10 @@ def train(listings: Listings, cfg: ModelConfig, out: str, opts: TrainOptions, co
                 sums[k] = sums.get(k, 0.0) + float(v.detach())
             if (bi + 1) % opts.log_every == 0 or bi + 1 == steps_per_epoch:
                 rate = seen / max(1e-9, time.time() - t_epoch)
-                log.info("epoch %d step %d/%d loss %.4f (contrast %.3f attr_ce %.3f pos %.3f neg %.3f) "
-                         "%.0f listings/s", epoch + 1, bi + 1, steps_per_epoch, sums["loss"] / (bi + 1),
+                log.info("epoch %d step %d/%d loss %.4f (contrast %.3f attr_ce %.3f pos %.3f neg %.3f "
+                         "image %.3f) %.0f listings/s", epoch + 1, bi + 1, steps_per_epoch, sums["loss"] / (bi + 1),
                          sums["contrast"] / (bi + 1), sums["attr_ce"] / (bi + 1), sums["pos_bce"] / (bi + 1),
-                         sums["neg_bce"] / (bi + 1), rate)
+                         sums["neg_bce"] / (bi + 1), sums["image_bce"] / (bi + 1), rate)
         record = {"epoch": epoch + 1, "planned_epochs": planned, "step": step, "seconds": round(time.time() - t_epoch, 2),
                   "listings_per_s": round(seen / max(1e-9, time.time() - t_epoch), 1),
                   **{k: round(v / steps_per_epoch, 5) for k, v in sums.items()}}

@@ -7,9 +7,11 @@ import torch
 from ecomatch_model.checkpoint import load_checkpoint
 from ecomatch_model.config import get_config
 from ecomatch_model.data import Listings, concat_listings, content_split, corrupt_attribute, swap_values
+from ecomatch_model.preprocess import decode_images, normalize
 from ecomatch_model.sample import make_listings
-from ecomatch_model.text import words
-from ecomatch_model.train import TrainOptions, augment, batch_order, same_content, train
+from ecomatch_model.text import TextEncoder, words
+from ecomatch_model.train import (TrainOptions, augment, batch_order, corrupt_batch, image_swap_negatives, losses,
+                                  same_content, train, value_groups)
 
 COLUMNS = {"base_colour": "colour", "article_type": "article_type"}
 
@@ -168,3 +170,53 @@ def test_aga_only_fine_tune_changes_aga_and_nothing_else(listings, tmp_path):
     assert [r["epoch"] for r in log] == [1, 2] and all(np.isfinite(r["loss"]) for r in log)
     with pytest.raises(ValueError, match="trainable"):
         train(listings, get_config("tiny"), str(tmp_path / "x"), TrainOptions(trainable="heads"), COLUMNS, init=first)
+
+
+def test_image_swap_negatives_mark_only_values_the_other_listing_contradicts(lexicon):
+    vid = lexicon.value_id
+    kind_of = torch.tensor([lexicon.kinds.index(k) for k, _ in lexicon.values])
+    rows = [[("colour", "blue"), ("article_type", "tshirt")],
+            [("colour", "red")],
+            [("colour", "navy blue"), ("article_type", "shorts")],
+            [("colour", "red"), ("article_type", "shirt")]]
+    values = torch.zeros(4, 2, dtype=torch.long)
+    valid = torch.zeros(4, 2, dtype=torch.bool)
+    for i, row in enumerate(rows):
+        for j, kv in enumerate(row):
+            values[i, j], valid[i, j] = vid[kv], True
+    partner = torch.tensor([2, 0, 1, 0])
+    got = image_swap_negatives(values, valid, partner, kind_of, value_groups(lexicon))
+    assert got.tolist() == [
+        [False, True],    # blue against navy blue (one group): not wrong; T-shirt against shorts: wrong
+        [True, False],    # red against blue: wrong; the empty slot never
+        [True, False],    # navy blue against red: wrong; the partner names no article type: unknown
+        [True, False],    # red against blue: wrong; shirt against T-shirt (both topwear): not wrong
+    ]
+
+
+def test_image_swap_loss_trains_aga_and_is_logged(listings, tmp_path):
+    cfg = get_config("tiny")
+    first_opts = TrainOptions(epochs=1, batch_size=32, lr=2e-3, warmup_steps=2, log_every=1000)
+    train(listings, cfg, str(tmp_path / "off"), first_opts, COLUMNS)
+    assert all(r["image_bce"] == 0 for r in _log(tmp_path / "off"))
+    ckpt = load_checkpoint(str(tmp_path / "off"))
+    model, lexicon = ckpt.model, ckpt.lexicon
+    enc = TextEncoder(ckpt.vocab, lexicon, cfg.text.max_len, cfg.max_attrs)
+    px, _ = decode_images(listings.images[:32], cfg.image.image_size)
+    titles = listings.titles[:32]
+    clean = enc.encode(titles)
+    corrupt, slots = corrupt_batch(enc, titles, np.random.default_rng(0))
+    on = TrainOptions(image_negatives=1.0)
+    with pytest.raises(ValueError, match="value_group"):
+        losses(model, normalize(torch.from_numpy(px)), clean, corrupt, slots, torch.device("cpu"), on)
+    model.train()
+    parts = losses(model, normalize(torch.from_numpy(px)), clean, corrupt, slots, torch.device("cpu"), on,
+                   value_group=value_groups(lexicon))
+    assert parts["image_bce"] > 0
+    model.zero_grad()
+    parts["image_bce"].backward()
+    assert model.aga.q.weight.grad.abs().sum() > 0 and model.aga.values.weight.grad.abs().sum() > 0
+    # Switched on in a run, it is part of the loss and logged.
+    train(listings, cfg, str(tmp_path / "on"), TrainOptions(**{**first_opts.__dict__, "image_negatives": 1.0}),
+          COLUMNS, init=ckpt)
+    assert all(r["image_bce"] > 0 and np.isfinite(r["loss"]) for r in _log(tmp_path / "on"))
