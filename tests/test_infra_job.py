@@ -21,6 +21,7 @@ from ecomatch_model import load
 from ecomatch_model.sample import make_listings
 from infra import launch
 from transforms.flag import MATCH
+from transforms.reports import SCORING_RULES
 
 IMAGE = "us-central1-docker.pkg.dev/shop-prod/ecomatch/worker:0123456789ab"
 DAY = dt.date(2026, 11, 26)
@@ -34,6 +35,7 @@ def test_launch_writes_gpu_job_without_submitting(gcs: gcsfs.GCSFileSystem, tmp_
     model = load("default", device="cpu")
     gcs.pipe(f"{BUCKET}/reports/2026-11-25/summary.json", json.dumps({
         "model": {"sha256": model.sha256}, "thresholds": {k: model.threshold(k) for k in [MATCH, *model.lexicon.kinds]},
+        "scoring_rules": SCORING_RULES,
         "files": {"scores": ["scores/part-00000-of-00001.parquet"],
                   "violations": ["violations/part-00000-of-00001.parquet"]}}).encode())
     monkeypatch.setenv(launch.IMAGE_ENV, IMAGE)

@@ -80,8 +80,8 @@ def test_write_reports_layout(tmp_path: Path):
                                                          "material": 0, "gender": 0},
                                  "errors_per_type": {"ImageDecodeError": 1}}
     assert summary["files"] == {d: [f"{d}/part-00000-of-00001.parquet"] for d in ("errors", "scores", "violations")}
-    assert {k: summary[k] for k in ("model", "thresholds", "input", "output", "runner")} == {
-        "model": {"name": "tiny", "sha256": "abc"}, "thresholds": {"match": 0.2, "colour": 0.4},
+    assert {k: summary[k] for k in ("model", "thresholds", "scoring_rules", "input", "output", "runner")} == {
+        "model": {"name": "tiny", "sha256": "abc"}, "thresholds": {"match": 0.2, "colour": 0.4}, "scoring_rules": 2,
         "input": {"pattern": "in/*.parquet", "files": 1}, "output": str(out), "runner": "FnApiRunner"}
     assert summary["started_at"] <= summary["finished_at"] and summary["listings_per_second"] > 0
 
