@@ -49,8 +49,9 @@ PRECISIONS = ("fp32", "bf16", "bf16-weights")
 # GPU decode takes only JPEGs at least this many times the model input (see decode_batch).
 GPU_DECODE_MIN_FACTOR = 2
 # Matcher.explain_matches tries at most this many values per mention (AGA's likeliest of
-# another group): the same sample_data/ results as all of them (up to 90 article types), a
-# third of the re-embedded titles; 8 lost one right kind there.
+# another group): the same sample_data/ results as all of them (up to 90 article types) with
+# the default model's stages 6 and 7, a third of the re-embedded titles; 8 lost one right
+# kind there with stage 6.
 EXPLAIN_CANDIDATES = 16
 
 
