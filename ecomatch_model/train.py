@@ -1,6 +1,7 @@
 """Training: symmetric contrastive loss with a learned temperature (corrupted titles as
 extra hard negatives), plus the attribute-consistency loss that teaches AGA to ground
-attributes (true values against values of the same kind swapped in), plus a small L1 on
+attributes (true values against values of the same kind swapped in, and with
+``image_negatives`` titles against other listings' photos), plus a small L1 on
 the channel gates so their magnitude ranks channels for pruning.
 
 Resumable: each epoch ends with a checkpoint and a training state (safetensors + JSON,
