@@ -9,11 +9,12 @@
 - ``removed/part-*.parquet``: with ``--state``, one row per listing id of the earlier run that
   is not read any more (:data:`REMOVED_SCHEMA`, ``transforms/state.py``);
 - ``summary.json``: counts, model, thresholds, the scoring rules' version
-  (:data:`SCORING_RULES`), input, runner, times and throughput, and the shard files of this run. It is written last, only once every shard is final and the
-  counts reconcile (read = scored + errors, scored = ok + violations); otherwise the job
-  fails. A prefix without ``summary.json`` holds no complete run. ``duplicates`` counts the
-  listing ids read more than once (``ids``) and the rows carrying them (``rows``): every
-  such row is scored or reported like any other. Credentials in the input, output and
+  (:data:`SCORING_RULES`), input, runner, times and throughput, and the shard files of this
+  run. It is written last, only once every shard is final and the counts reconcile
+  (read = scored + errors, scored = ok + violations); otherwise the job fails. A prefix
+  without ``summary.json`` holds no complete run. ``duplicates`` counts the listing ids
+  read more than once (``ids``) and the rows carrying them (``rows``): every such row is
+  scored or reported like any other. Credentials in the input, output and
   model locations are masked (:func:`~transforms.errors.redact`). ``incremental`` splits
   ``scored`` into the verdicts carried forward from the ``--state`` run (``carried``) and
   those the model gave now (``scored``), and counts the ``removed`` ids.
