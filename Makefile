@@ -13,4 +13,4 @@ test: setup
 	$(PY) -m pytest -q tests
 
 scan: setup
-	$(VENV)/bin/ecomatch scan --input 'sample_data/*.parquet' --thresholds sample_data/thresholds.json --output $(SCAN_OUT)
+	$(VENV)/bin/ecomatch scan --input 'sample_data/*.parquet' --calibration sample_data/calibration.json --output $(SCAN_OUT)

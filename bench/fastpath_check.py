@@ -22,6 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from ecomatch_model.api import ListingScore, load  # noqa: E402
 from ecomatch_model.data import expand_glob  # noqa: E402
 from ecomatch_model.preprocess import decode_batch, to_uint8  # noqa: E402
+from ecomatch_model.verdict import Policy  # noqa: E402
 
 # Bounds, in score units (scores in [0, 1], match in [-1, 1]). fp32 on the GPU differs from the
 # CPU by summation order and cuDNN's TF32 convolutions; bf16 keeps 8 mantissa bits (the CPU
@@ -34,10 +35,11 @@ def values(scores: list[ListingScore]) -> np.ndarray:
     return np.concatenate([[s.match, *[a.score for a in s.attributes]] for s in scores]).astype(np.float64)
 
 
-def compare(name: str, got: list[ListingScore], ref: list[ListingScore], limit: float) -> dict:
+def compare(name: str, got: list[ListingScore], ref: list[ListingScore], limit: float, policy: Policy) -> dict:
     d = np.abs(values(got) - values(ref))
     per = np.array([np.abs(values([g]) - values([r])).max() for g, r in zip(got, ref)])
-    flips = float(np.mean([g.flagged != r.flagged for g, r in zip(got, ref)]))
+    cut = policy.cut
+    flips = float(np.mean([(policy.p_violation(g) >= cut) != (policy.p_violation(r) >= cut) for g, r in zip(got, ref)]))
     return {"check": name, "max_abs_diff": round(float(d.max()), 5), "mean_abs_diff": round(float(d.mean()), 6),
             "p99_listing_diff": round(float(np.quantile(per, 0.99)), 5),
             "listings_over_limit": int((per > limit).sum()),
@@ -67,7 +69,8 @@ def main(argv: list[str] | None = None) -> int:
         print("no data: pass --data", file=sys.stderr)
         return 2
     dev = torch.device(args.device)
-    ref = load(args.model, device="cpu").score(images, titles)
+    cpu = load(args.model, device="cpu")
+    ref, policy = cpu.score(images, titles), cpu.policy
     fp32 = load(args.model, device=str(dev), precision="fp32")
     bf16 = load(args.model, device=str(dev), precision="bf16")     # autocast
     bf16w = load(args.model, device=str(dev), precision="bf16-weights")
@@ -82,12 +85,12 @@ def main(argv: list[str] | None = None) -> int:
             out += m.results(m.forward(px[s:s + m.batch_size], enc), enc)
         return out
     fp32_pillow = score_pixels(fp32)
-    checks = [compare(f"{dev.type} fp32, Pillow pixels", fp32_pillow, ref, LIMITS["fp32"]),
-              compare(f"{dev.type} {bf16.precision}, Pillow pixels", score_pixels(bf16), ref, LIMITS["bf16"]),
-              compare(f"{dev.type} bf16-weights, Pillow pixels", score_pixels(bf16w), ref, LIMITS["bf16-weights"]),
+    checks = [compare(f"{dev.type} fp32, Pillow pixels", fp32_pillow, ref, LIMITS["fp32"], policy),
+              compare(f"{dev.type} {bf16.precision}, Pillow pixels", score_pixels(bf16), ref, LIMITS["bf16"], policy),
+              compare(f"{dev.type} bf16-weights, Pillow pixels", score_pixels(bf16w), ref, LIMITS["bf16-weights"], policy),
               compare(f"{dev.type} defaults ({defaults.precision}, GPU decode {defaults.gpu_decode}), Matcher.score",
                       defaults.score(images, titles), ref,
-                      LIMITS["bf16+gpu decode"])]
+                      LIMITS["bf16+gpu decode"], policy)]
     # The decoder's own effect: every JPEG decoded on the GPU (min_factor=1) against Pillow pixels,
     # both scored in fp32 on the device, for each dataset (the draft-mode emulation only runs
     # where the photo is at least 2x the input).
@@ -101,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
     per_image = d.reshape(len(images), -1).max(1)
     for pattern, sl in groups:
         c = compare(f"{dev.type} fp32, GPU decode vs Pillow pixels, {pattern}", fp32_gpu[sl], fp32_pillow[sl],
-                    LIMITS["fp32+gpu decode"])
+                    LIMITS["fp32+gpu decode"], policy)
         pix = d[sl]
         c.update({"pixel_max": int(pix.max()), "pixel_mean": round(float(pix.mean()), 4),
                   "pixel_p999": float(np.quantile(pix, 0.999)),

@@ -22,7 +22,6 @@ from __future__ import annotations
 import functools
 import logging
 import os
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
@@ -33,13 +32,13 @@ from .checkpoint import Checkpoint, load_checkpoint
 from .data import replace_mention, swap_values
 from .model import MatchOutput, for_inference
 from .preprocess import ImageInput, decode_batch, normalize, preprocess, torchvision_jpeg_decoder
+from .scores import AttributeScore, ListingScore, Swap
 from .text import EncodedText, TextEncoder
+from .verdict import Assessment, Policy
 
 log = logging.getLogger(__name__)
 
 MODELS_DIR = Path(__file__).resolve().parent / "models"
-DEFAULT_ATTR_THRESHOLD = 0.5
-DEFAULT_MATCH_THRESHOLD = 0.0
 CPU_BATCH_SIZE = 64
 GPU_BATCH_SIZE = 512            # paper at 224x224 in bf16 needs about 10 GiB of activations here
 # "bf16": autocast (weights float32, matrix products in bf16); "bf16-weights": the two towers
@@ -48,94 +47,11 @@ GPU_BATCH_SIZE = 512            # paper at 224x224 in bf16 needs about 10 GiB of
 PRECISIONS = ("fp32", "bf16", "bf16-weights")
 # GPU decode takes only JPEGs at least this many times the model input (see decode_batch).
 GPU_DECODE_MIN_FACTOR = 2
-# Matcher.explain_matches tries at most this many values per mention (AGA's likeliest of
+# Matcher.search_swaps tries at most this many values per mention (AGA's likeliest of
 # another group): the same sample_data/ results as all of them (up to 90 article types) with
 # the default model's stages 6 and 7, a third of the re-embedded titles; 8 lost one right
 # kind there with stage 6.
-EXPLAIN_CANDIDATES = 16
-
-
-@dataclass
-class AttributeScore:
-    """One attribute mention of a listing, scored against the image."""
-
-    kind: str
-    value: str
-    span: tuple[int, int]          # token span in the title (appended tokens for column values)
-    score: float                   # consistency of ``value`` with the image, 0..1
-    threshold: float
-    suggestion: str                # best-scoring other value of the same kind
-    suggestion_score: float
-    attention: np.ndarray = field(repr=False)  # (G, G) attention over the image grid
-
-    @property
-    def consistent(self) -> bool:
-        return self.score >= self.threshold
-
-
-@dataclass
-class ListingScore:
-    """A listing's global match and its attribute scores.
-
-    The flagging rule lives here so the scan and the evaluation share it: a listing is
-    flagged when the match or any attribute is below its threshold. The attribute blamed
-    (:meth:`culprit`) is the failing attribute with the largest shortfall (threshold -
-    score); when only the global match fails, it is the attribute whose change alone
-    restores the match (``explained``: the title with ``explained_value`` in its place
-    matches the image at ``explained_match``, at or above the match threshold; AGA scores
-    that value ``explained_score``), if any. ``worst_kind`` is the culprit's kind, else
-    ``"match"`` when the global match fails, else None.
-    """
-
-    match: float
-    match_threshold: float
-    attributes: list[AttributeScore]
-    explained: int | None = None
-    explained_value: str = ""
-    explained_match: float = float("nan")
-    explained_score: float = float("nan")
-
-    def failing(self) -> list[int]:
-        """Indices of the attributes below their thresholds, largest shortfall first."""
-        bad = [j for j, a in enumerate(self.attributes) if a.score < a.threshold]
-        return sorted(bad, key=lambda j: self.attributes[j].score - self.attributes[j].threshold)
-
-    @property
-    def match_fails(self) -> bool:
-        return self.match < self.match_threshold
-
-    @property
-    def flagged(self) -> bool:
-        return self.match_fails or any(a.score < a.threshold for a in self.attributes)
-
-    def culprit(self) -> int | None:
-        """Index of the attribute blamed (see the class docstring), or None."""
-        failing = self.failing()
-        if failing:
-            return failing[0]
-        return self.explained if self.match_fails else None
-
-    @property
-    def worst_kind(self) -> str | None:
-        j = self.culprit()
-        return self.attributes[j].kind if j is not None else ("match" if self.match_fails else None)
-
-
-def check_thresholds(data: object, kinds: Sequence[str]) -> dict[str, float]:
-    """A thresholds object ({kind: threshold}, as in a checkpoint's thresholds.json) as
-    floats, every kind among ``kinds`` or ``match`` (match in [-1, 1], the others in
-    [0, 1]); ValueError saying what is wrong otherwise."""
-    if not isinstance(data, dict):
-        raise ValueError("expected a JSON object of kind -> threshold")
-    out = {}
-    for kind, value in data.items():
-        low = -1.0 if kind == "match" else 0.0
-        if kind != "match" and kind not in kinds:
-            raise ValueError(f"unknown kind {kind!r} (known: {', '.join(['match', *kinds])})")
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not low <= value <= 1.0:
-            raise ValueError(f"{kind} must be a number in [{low:g}, 1], got {value!r}")
-        out[kind] = float(value)
-    return out
+SWAP_CANDIDATES = 16
 
 
 def resolve_model_path(path_or_name: str) -> str:
@@ -187,7 +103,9 @@ def to_device(arrays: Sequence[np.ndarray | torch.Tensor], device: torch.device)
 class Matcher:
     """Scores listings (image + title) with a loaded checkpoint.
 
-    ``score(images, titles)`` returns one :class:`ListingScore` per listing;
+    ``score(images, titles)`` returns one :class:`ListingScore` of raw scores per listing
+    (no thresholds: what is a violation is ``ecomatch_model.verdict``'s to say);
+    ``search_swaps`` finds, for listings the policy asks about, the best single-mention swap;
     ``embed_images`` / ``embed_texts`` return L2-normalised (B, E) numpy arrays.
     ``batch_size`` defaults to ``GPU_BATCH_SIZE`` on CUDA, else ``CPU_BATCH_SIZE``;
     ``precision`` ("fp32", "bf16" autocast or "bf16-weights", see ``PRECISIONS``) defaults
@@ -210,7 +128,7 @@ class Matcher:
         self.cfg = ckpt.model.cfg
         self.lexicon = ckpt.lexicon
         self.text_encoder = TextEncoder(ckpt.vocab, ckpt.lexicon, self.cfg.text.max_len, self.cfg.max_attrs)
-        self.thresholds = dict(ckpt.thresholds)
+        self.policy = ckpt.policy          # the checkpoint's calibration, for callers; never used here
         self.batch_size = batch_size or (GPU_BATCH_SIZE if cuda else CPU_BATCH_SIZE)
         self._compiled = torch.compile(self.model) if compile else None
         # On by default on CUDA where torchvision can decode (else Pillow's path, as on the CPU).
@@ -223,10 +141,6 @@ class Matcher:
     @property
     def sha256(self) -> str:
         return self.ckpt.weights_sha256
-
-    def threshold(self, kind: str) -> float:
-        default = DEFAULT_MATCH_THRESHOLD if kind == "match" else DEFAULT_ATTR_THRESHOLD
-        return float(self.thresholds.get(kind, default))
 
     # ------------------------------------------------------------------ batches
     def encode_texts(self, titles: Sequence[str],
@@ -247,7 +161,7 @@ class Matcher:
                                                  out.attr_score, out.attention)))
 
     def results(self, out: MatchOutput, enc: EncodedText, n: int | None = None) -> list[ListingScore]:
-        """Turn a batch's model output into per-listing scores with suggestions: the first
+        """Turn a batch's model output into per-listing raw scores with suggestions: the first
         ``n`` listings (default all; the rest are a padded batch's filler)."""
         logits = out.attr_logits.float().cpu()
         own = torch.from_numpy(enc.attr_value)
@@ -264,50 +178,44 @@ class Matcher:
                 kind, sugg = self.lexicon.values[sugg_idx[i, j]]
                 has_other = np.isfinite(best_other.values[i, j].item())
                 attrs.append(AttributeScore(m.kind, m.value, (m.start, m.end), float(scores[i, j]),
-                                            self.threshold(m.kind), sugg if has_other else "",
+                                            sugg if has_other else "",
                                             float(sugg_score[i, j]) if has_other else 0.0, attn[i, j]))
-            listings.append(ListingScore(float(match[i]), self.threshold("match"), attrs))
-        self.explain_matches(out, enc, listings, logits)
+            listings.append(ListingScore(float(match[i]), attrs))
         return listings
 
-    def explain_matches(self, out: MatchOutput, enc: EncodedText, listings: list[ListingScore],
-                        logits: torch.Tensor) -> None:
-        """For each listing flagged by the global match alone: re-embed its text with one
-        mention at a time swapped for each value of another group of its kind (as training
-        corrupts titles; AGA's ``EXPLAIN_CANDIDATES`` likeliest where there are more), and
-        blame the mention whose best swap brings the match with the image up to the match
-        threshold; the highest such match wins. Sets ``explained*`` in place. Listings
-        without their words in ``enc.tokens`` are left as they are."""
-        todo = [i for i, s in enumerate(listings)
-                if s.match_fails and not s.failing() and i < len(enc.tokens) and enc.mentions[i]]
+    def search_swaps(self, pixels: torch.Tensor, enc: EncodedText, n: int | None = None) -> list[Swap | None]:
+        """For each of the first ``n`` listings of a batch (default all): re-embed its title with
+        one mention at a time swapped for each value of another group of its kind (as training
+        corrupts titles; AGA's ``SWAP_CANDIDATES`` likeliest where there are more) and return
+        the swap whose title matches the image best (None for a listing without mentions).
+        Which listings deserve the search, and whether a swap explains one, is the policy's
+        call (``ecomatch_model.verdict``)."""
+        out = self.forward(pixels, enc)
+        logits = out.attr_logits.float().cpu()
         texts, owners = [], []
-        for i in todo:
-            for j, m in enumerate(enc.mentions[i]):
+        for i, mentions in enumerate(enc.mentions[:n]):
+            for j, m in enumerate(mentions):
                 candidates = swap_values(self.lexicon, m.kind, m.value)
-                if len(candidates) > EXPLAIN_CANDIDATES:   # the values AGA finds likeliest in the image
+                if len(candidates) > SWAP_CANDIDATES:    # the values AGA finds likeliest in the image
                     ids = torch.tensor([self.lexicon.value_id[(m.kind, v)] for v in candidates])
-                    top = torch.argsort(logits[i, j, ids], descending=True)[:EXPLAIN_CANDIDATES].tolist()
+                    top = torch.argsort(logits[i, j, ids], descending=True)[:SWAP_CANDIDATES].tolist()
                     candidates = [candidates[k] for k in top]
                 for v in candidates:
                     texts.append(replace_mention(enc.tokens[i], m, v))
                     owners.append((i, j, v))
+        found: list[Swap | None] = [None] * len(enc.mentions[:n])
         if not texts:
-            return
+            return found
         img = out.image_embed.float().cpu().numpy()
         # Whole batches only (the last filled with copies): one input shape, so the CPU
-        # kernels' per-shape caches stop growing with the catalogue (78 MB more peak RSS
-        # on 35,535 listings without this).
+        # kernels' per-shape caches stop growing with the catalogue.
         padded = texts + texts[-1:] * (-len(texts) % self.batch_size)
         cos = (self.embed_texts(padded)[: len(texts)] * img[[i for i, _, _ in owners]]).sum(1)   # (N,)
-        best: dict[int, tuple[float, int, str]] = {}
         for (i, j, v), c in zip(owners, cos.tolist()):
-            if c > best.get(i, (-np.inf,))[0]:
-                best[i] = (c, j, v)
-        for i, (c, j, v) in best.items():
-            s = listings[i]
-            if c >= s.match_threshold:
-                s.explained, s.explained_value, s.explained_match = j, v, c
-                s.explained_score = float(torch.sigmoid(logits[i, j, self.lexicon.value_id[(s.attributes[j].kind, v)]]))
+            if found[i] is None or c > found[i].match:
+                kind = enc.mentions[i][j].kind
+                found[i] = Swap(j, v, float(c), float(torch.sigmoid(logits[i, j, self.lexicon.value_id[(kind, v)]])))
+        return found
 
     def pixels(self, images: Sequence[ImageInput]) -> torch.Tensor:
         """Images -> model input: with ``gpu_decode`` on CUDA (B, 3, S, S) uint8 decoded in a
@@ -319,7 +227,7 @@ class Matcher:
     # ------------------------------------------------------------------ public API
     def score(self, images: Sequence[ImageInput], titles: Sequence[str],
               attributes: Sequence[Sequence[tuple[str, str]]] | None = None) -> list[ListingScore]:
-        """Score listings. ``attributes[i]`` optionally lists (kind, value) pairs from
+        """Raw scores of listings. ``attributes[i]`` optionally lists (kind, value) pairs from
         structured columns, checked alongside the attributes found in the title."""
         if len(images) != len(titles):
             raise ValueError(f"{len(images)} images but {len(titles)} titles")
@@ -329,6 +237,25 @@ class Matcher:
             enc = self.encode_texts(titles[sl], attributes[sl] if attributes is not None else None)
             out.extend(self.results(self.forward(self.pixels(images[sl]), enc), enc))
         return out
+
+    def assess(self, images: Sequence[ImageInput], titles: Sequence[str],
+               attributes: Sequence[Sequence[tuple[str, str]]] | None = None, policy: Policy | None = None,
+               scores: Sequence[ListingScore] | None = None) -> list[tuple[ListingScore, Assessment]]:
+        """Raw scores (``scores``, when already made by :meth:`score`) and verdicts of listings
+        under ``policy`` (default: the checkpoint's), with the swap search for the listings the
+        policy asks about, as the scan does."""
+        policy = policy or self.policy
+        if policy is None:
+            raise ValueError("the model has no calibration: run `ecomatch calibrate` first")
+        scores = list(scores) if scores is not None else self.score(images, titles, attributes)
+        ask = [i for i, s in enumerate(scores) if policy.needs_swap_search(s)]
+        swaps: dict[int, Swap | None] = {}
+        for s in range(0, len(ask), self.batch_size):
+            chunk = ask[s:s + self.batch_size]
+            enc = self.encode_texts([titles[i] for i in chunk],
+                                    [attributes[i] for i in chunk] if attributes is not None else None)
+            swaps.update(zip(chunk, self.search_swaps(self.pixels([images[i] for i in chunk]), enc)))
+        return [(s, policy.assess(s, swap=swaps.get(i))) for i, s in enumerate(scores)]
 
     @torch.inference_mode()
     def embed_images(self, images: Sequence[ImageInput]) -> np.ndarray:

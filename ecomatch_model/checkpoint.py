@@ -3,7 +3,8 @@
 - ``weights.safetensors``: the tensors (never pickled),
 - ``config.json``: ``ModelConfig.to_json()``; unknown keys are refused on load,
 - ``vocab.json`` and ``lexicon.json``: the text side the model was trained with,
-- ``thresholds.json``: calibrated thresholds (``match`` and one per attribute kind),
+- ``calibration.json``: the verdict policy's calibration (``ecomatch_model.verdict``),
+  validated on load; absent until the model is calibrated,
 - ``manifest.json``: format version and the sha256 of every other file, checked on load,
 - ``MODEL_CARD.md``: what the model is, how it was trained and measured.
 """
@@ -12,7 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import posixpath
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Mapping
 
 import fsspec
@@ -23,9 +24,14 @@ from safetensors.torch import save as st_save
 from .config import ModelConfig
 from .model import DualMatcher
 from .text import Lexicon, Vocabulary
+from .verdict import CalibrationError, Policy, policy_bytes, read_policy
 
-FORMAT = "ecomatch-checkpoint/1"
-_FILES = ("weights.safetensors", "config.json", "vocab.json", "lexicon.json", "thresholds.json")
+FORMAT = "ecomatch-checkpoint/2"
+# Format 1 held thresholds.json, which the verdict policy no longer reads: such a checkpoint
+# loads without a calibration (recalibrate it with ``ecomatch calibrate``).
+OLD_FORMATS = ("ecomatch-checkpoint/1",)
+_FILES = ("weights.safetensors", "config.json", "vocab.json", "lexicon.json")
+CALIBRATION = "calibration.json"
 
 
 class CheckpointError(ValueError):
@@ -39,7 +45,7 @@ class Checkpoint:
     model: DualMatcher
     vocab: Vocabulary
     lexicon: Lexicon
-    thresholds: dict[str, float] = field(default_factory=dict)
+    policy: Policy | None = None
     card: str = ""
     weights_sha256: str = ""
 
@@ -73,7 +79,7 @@ def serialize(ckpt: Checkpoint) -> dict[str, bytes]:
         "config.json": _json_bytes(ckpt.model.cfg.to_json()),
         "vocab.json": _json_bytes(ckpt.vocab.to_json()),
         "lexicon.json": _json_bytes(ckpt.lexicon.to_json()),
-        "thresholds.json": _json_bytes({k: float(v) for k, v in sorted(ckpt.thresholds.items())}),
+        **({CALIBRATION: policy_bytes(ckpt.policy)} if ckpt.policy is not None else {}),
     }
     ckpt.weights_sha256 = _sha256(files["weights.safetensors"])
     files["manifest.json"] = _json_bytes({"format": FORMAT, "sha256": {n: _sha256(b) for n, b in files.items()}})
@@ -96,9 +102,11 @@ def _read_all(path: str) -> dict[str, bytes]:
     if not fs.isdir(root):
         raise CheckpointError(f"checkpoint directory not found: {path}")
     out = {}
-    for name in ("manifest.json", *_FILES):
+    for name in ("manifest.json", *_FILES, CALIBRATION):
         full = posixpath.join(root, name)
         if not fs.exists(full):
+            if name == CALIBRATION:
+                continue
             raise CheckpointError(f"checkpoint {path} is missing {name}")
         with fs.open(full, "rb") as f:
             out[name] = f.read()
@@ -130,10 +138,13 @@ def deserialize(files: Mapping[str, bytes], where: str = "checkpoint") -> Checkp
         manifest = json.loads(files["manifest.json"])
     except (KeyError, json.JSONDecodeError) as exc:
         raise CheckpointError(f"{where}: unreadable manifest.json: {exc}") from None
-    if manifest.get("format") != FORMAT:
+    if manifest.get("format") not in (FORMAT, *OLD_FORMATS):
         raise CheckpointError(f"{where}: unsupported format {manifest.get('format')!r}, expected {FORMAT}")
-    for name in _FILES:
-        want = manifest.get("sha256", {}).get(name)
+    listed = manifest.get("sha256", {}) if isinstance(manifest.get("sha256"), dict) else {}
+    if CALIBRATION in listed and CALIBRATION not in files:
+        raise CheckpointError(f"{where}: checkpoint is missing {CALIBRATION}, which manifest.json lists")
+    for name in (*_FILES, *([CALIBRATION] if CALIBRATION in files else [])):
+        want = listed.get(name)
         got = _sha256(files[name])
         if want != got:
             raise CheckpointError(f"{where}: sha256 of {name} is {got}, manifest says {want}: "
@@ -145,10 +156,13 @@ def deserialize(files: Mapping[str, bytes], where: str = "checkpoint") -> Checkp
     try:
         vocab = Vocabulary.from_json(json.loads(files["vocab.json"]))
         lexicon = Lexicon.from_json(json.loads(files["lexicon.json"]))
-        thresholds = {k: float(v) for k, v in json.loads(files["thresholds.json"]).items()}
     except (TypeError, ValueError, KeyError, AttributeError) as exc:
-        raise CheckpointError(f"{where}: bad vocab.json, lexicon.json or thresholds.json: "
-                              f"{type(exc).__name__}: {exc}") from None
+        raise CheckpointError(f"{where}: bad vocab.json or lexicon.json: {type(exc).__name__}: {exc}") from None
+    try:
+        policy = (read_policy(files[CALIBRATION], lexicon.kinds, posixpath.join(where, CALIBRATION))
+                  if CALIBRATION in files and manifest.get("format") == FORMAT else None)
+    except CalibrationError as exc:
+        raise CheckpointError(str(exc)) from None
     if cfg.text.vocab_size != vocab.size or cfg.n_values != len(lexicon.values):
         raise CheckpointError(f"{where}: config.json sizes (vocab {cfg.text.vocab_size}, values "
                               f"{cfg.n_values}) do not match vocab.json ({vocab.size}) and "
@@ -161,7 +175,7 @@ def deserialize(files: Mapping[str, bytes], where: str = "checkpoint") -> Checkp
     _check_state(model, state, where)
     model.load_state_dict(state)
     model.eval()
-    return Checkpoint(model, vocab, lexicon, thresholds, files.get("MODEL_CARD.md", b"").decode("utf-8"),
+    return Checkpoint(model, vocab, lexicon, policy, files.get("MODEL_CARD.md", b"").decode("utf-8"),
                       manifest["sha256"]["weights.safetensors"])
 
 

@@ -14,15 +14,18 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from . import card as cards
-from .api import Matcher, check_thresholds, load, resolve_model_path
+from .api import Matcher, load, resolve_model_path
 from .checkpoint import Checkpoint, build_model, load_checkpoint, save
 from .config import CONFIGS, apply_overrides, get_config
-from .data import concat_listings, parse_attribute_columns, read_listings
+from .data import Listings, concat_listings, parse_attribute_columns, read_listings
 from .model import DualMatcher, count_parameters, prunable_channels
 from .prune import prune_model
 from .text import Lexicon, Vocabulary
+from .verdict import DEFAULT_PREVALENCE, CalibrationError, Policy, policy_bytes, read_policy_file
 
 log = logging.getLogger("ecomatch")
+# Corruptions calibration fits on (evaluation reports colour, article type and image swaps).
+CALIBRATION_KINDS = ("colour", "article_type", "gender", "image")
 
 
 def _command_line() -> str:
@@ -71,10 +74,10 @@ def cmd_prune(args: argparse.Namespace) -> int:
     before, ch_before = count_parameters(ckpt.model), prunable_channels(ckpt.model)
     pruned = prune_model(ckpt.model, args.ratio)
     after, ch_after = count_parameters(pruned), prunable_channels(pruned)
-    out = Checkpoint(pruned, ckpt.vocab, ckpt.lexicon, ckpt.thresholds,
+    out = Checkpoint(pruned, ckpt.vocab, ckpt.lexicon, ckpt.policy,
                      cards.replace_section(ckpt.card, "Pruning",
                                            f"Pruned with `{_command_line()}`: prunable channels {ch_before:,} -> "
-                                           f"{ch_after:,}; parameters {before:,} -> {after:,}. Thresholds were "
+                                           f"{ch_after:,}; parameters {before:,} -> {after:,}. The calibration was "
                                            "copied from the unpruned model: recalibrate with `ecomatch calibrate`."))
     save(out, args.out)
     print(f"parameters before {before:,} after {after:,} ({after / before:.1%}); prunable channels "
@@ -107,41 +110,74 @@ def cmd_train(args: argparse.Namespace) -> int:
         "training output.\n"
     if len(val_set):
         matcher = Matcher(ckpt, args.out, device=args.device)
-        ckpt.thresholds = calibrate(build_eval_set(matcher, val_set, args.max_eval, args.seed), args.precision)
-        ckpt.card = cards.replace_section(ckpt.card, "Calibration", _calibration_text(ckpt.thresholds, args.precision,
-                                                                                      "the validation split"))
+        try:
+            ckpt.policy = calibrate(build_eval_set(matcher, val_set, args.max_eval, args.seed, CALIBRATION_KINDS,
+                                                   _lexicon_kinds(matcher)),
+                                    args.precision, DEFAULT_PREVALENCE,
+                                    fitted_on={"data": "the validation split", "listings": len(val_set)})
+            ckpt.card = cards.replace_section(ckpt.card, "Calibration",
+                                              _calibration_text(ckpt.policy, "the validation split"))
+        except ValueError as exc:    # too few listings of some kind to fit curves
+            log.warning("not calibrated: %s", exc)
     save(ckpt, args.out)
-    print(f"trained {ckpt.model.cfg.name} in {minutes:.1f} min; thresholds {json.dumps(ckpt.thresholds)}; written to {args.out}")
+    point = json.dumps(ckpt.policy.operating_point if ckpt.policy else None)
+    print(f"trained {ckpt.model.cfg.name} in {minutes:.1f} min; operating point {point}; written to {args.out}")
     return 0
 
 
-def _calibration_text(thresholds: dict[str, float], precision: float, where: str) -> str:
-    rows = "\n".join(f"| {k} | {v:.4f} |" for k, v in sorted(thresholds.items()))
-    return (f"Command: `{_command_line()}`\n\nThresholds chosen on {where} so that the whole flagging rule "
-            "(any attribute below its kind's threshold, or the match below its own) reaches precision "
-            f"{precision:.2f} on a set that is half unmodified listings and half corrupted copies (colour, "
-            "article type and image swaps in turn). Each kind is capped at the highest threshold that reaches "
-            "the precision on its own; a kind that never does is disabled (0; `match` -1), which is how "
-            "attributes the model cannot see in a photo stay silent. Below the caps all kinds share one "
-            "false-positive rate on unmodified listings, the largest that keeps the precision. Recalibrate "
-            "for another catalogue with `ecomatch calibrate --model M --data 'shards/*.parquet' --precision "
-            "0.9`.\n\n"
-            f"| kind | threshold |\n|---|---|\n{rows}")
+def _calibration_text(policy: Policy, where: str) -> str:
+    point = policy.operating_point
+    rule = (f"expected precision {point['precision']:.2f}" if "precision" in point
+            else f"at most {point.get('review_budget_per_10k')} flags per 10,000 listings")
+    rows = "\n".join(f"| {k} | {len(c.x)} |" for k, c in sorted(policy.checks.items()))
+    return (f"Command: `{_command_line()}`\n\nFitted on {where}: per check kind a monotone map (isotonic "
+            "regression) from the raw score to the likelihood ratio that the check is contradicted, from "
+            "unmodified listings against corrupted copies (colour, article type and gender from the catalogue's "
+            "columns, image swaps across sub-categories; kinds without a column swapped in the title), and the "
+            "same on whole listings for their combined evidence; `p_violation` is stated at prevalence "
+            f"{policy.prevalence:g} (see `ecomatch_model/verdict.py`). Operating point: {rule} at that "
+            f"prevalence: `p_violation >= {policy.cut:.4f}`; on the calibration listings it gave expected "
+            f"precision {point.get('expected_precision', float('nan')):.3f}, recall "
+            f"{point.get('expected_recall', float('nan')):.3f} (mean over colour, article type and image swaps), "
+            f"false-positive rate {point.get('false_positive_rate', float('nan')):.4f} on {point.get('clean')} "
+            "unmodified listings. Recalibrate for another catalogue with `ecomatch calibrate --model M --data "
+            "'shards/*.parquet' --precision P [--prevalence Q | --review-budget N]`.\n\n"
+            f"| check kind | curve knots |\n|---|---|\n{rows}")
 
 
-def _read_split(args: argparse.Namespace):
-    """The listings of --data, restricted to the --split of the training-time split."""
+def _lexicon_kinds(matcher: Matcher) -> list[str]:
+    """The attribute kinds that calibration corrupts in the title with the lexicon's groups:
+    those the column corruptions (CALIBRATION_KINDS) do not cover."""
+    return [k for k in matcher.lexicon.kinds if k not in CALIBRATION_KINDS]
+
+
+def _read_split(args: argparse.Namespace) -> Listings:
+    """The listings of every --data, restricted to the --split of the training-time split
+    (decided on --split-reference when given, so that the same listing in another photo folder
+    falls on the same side); ``cal`` and ``test`` are two halves of ``val`` by listing id."""
     from .train import split_for_training
-    listings = read_listings(args.data)
+    from .data import id_half
+    listings = concat_listings([read_listings(d) for d in args.data])
     if args.split == "all":
         return listings
-    train_set, val_set = split_for_training(listings, args.val_fraction, args.split_seed)
-    return val_set if args.split == "val" else train_set
+    ref = concat_listings([read_listings(d) for d in args.split_reference]) if args.split_reference else listings
+    train_set, val_set = split_for_training(ref, args.val_fraction, args.split_seed)
+    side = set((train_set if args.split == "train" else val_set).ids)
+    keep = [i for i, lid in enumerate(listings.ids) if lid in side
+            and (args.split in ("train", "val") or id_half(lid) == (args.split == "cal"))]
+    if args.split_reference:
+        clean = set(train_set.ids) | set(val_set.ids)
+        keep = [i for i in keep if listings.ids[i] in clean]
+    return listings.take(keep)
 
 
 def _add_split_args(s: argparse.ArgumentParser) -> None:
-    s.add_argument("--split", choices=["all", "train", "val"], default="all",
-                   help="use only this side of the training split (by image content)")
+    s.add_argument("--split", choices=["all", "train", "val", "cal", "test"], default="all",
+                   help="use only this side of the training split (by image content); cal and test are the two "
+                        "halves of val (by listing id): calibrate on one, evaluate on the other")
+    s.add_argument("--split-reference", action="append", default=[], metavar="GLOB",
+                   help="decide the split on these shards (the training data) and keep the listings of --data "
+                        "with the same ids: for the same listings in another photo folder")
     s.add_argument("--val-fraction", type=float, default=0.1)
     s.add_argument("--split-seed", type=int, default=0)
 
@@ -150,27 +186,44 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     from .evaluate import build_eval_set, calibrate
     path = resolve_model_path(args.model)
     matcher = Matcher(load_checkpoint(path), args.model, device=args.device)
+    if (args.precision is None) == (args.review_budget is None):
+        raise SystemExit("ecomatch calibrate: error: give --precision P or --review-budget N (flags per 10,000)")
+    if args.precision is not None and not 0 < args.precision <= 1:
+        raise SystemExit("ecomatch calibrate: error: --precision must be in (0, 1]")
+    if not 0 < args.prevalence < 1:
+        raise SystemExit("ecomatch calibrate: error: --prevalence must be in (0, 1)")
     listings = _read_split(args)
-    ckpt = matcher.ckpt
-    ckpt.thresholds = calibrate(build_eval_set(matcher, listings, args.max_eval, args.seed), args.precision)
-    ckpt.card = cards.replace_section(ckpt.card, "Calibration",
-                                      _calibration_text(ckpt.thresholds, args.precision, f"`{args.data}`"))
-    save(ckpt, args.out or path)
-    print(json.dumps(ckpt.thresholds, indent=1))
+    data = " + ".join(f"`{d}`" for d in args.data) + ("" if args.split == "all" else f" ({args.split} split)")
+    ev = build_eval_set(matcher, listings, args.max_eval, args.seed, CALIBRATION_KINDS,
+                        _lexicon_kinds(matcher))
+    policy = calibrate(ev, args.precision, args.prevalence, args.review_budget,
+                       fitted_on={"data": data, "listings": len(ev.listings)})
+    if args.write:
+        with open(args.write, "wb") as f:
+            f.write(policy_bytes(policy))
+        print(f"calibration written to {args.write}")
+    else:
+        ckpt = matcher.ckpt
+        ckpt.policy = policy
+        ckpt.card = cards.replace_section(ckpt.card, "Calibration", _calibration_text(policy, data))
+        save(ckpt, args.out or path)
+    print(json.dumps({"cut": policy.cut, **policy.operating_point}, indent=1))
     return 0
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from .evaluate import evaluate
     matcher = load(args.model, device=args.device)
-    if args.thresholds:
-        matcher.thresholds.update(_read_thresholds(args.thresholds, matcher))
-    report = evaluate(matcher, _read_split(args), n_queries=args.queries, negatives=args.negatives,
+    policy = _read_calibration(args.calibration, matcher) if args.calibration else matcher.policy
+    if policy is None:
+        raise SystemExit(f"ecomatch evaluate: error: {args.model} has no calibration: run `ecomatch calibrate` "
+                         "or pass --calibration FILE")
+    report = evaluate(matcher, _read_split(args), policy, n_queries=args.queries, negatives=args.negatives,
                       seed=args.seed, max_listings=args.max_eval)
     report["model"] = {"path": args.model, "sha256": matcher.sha256, "config": matcher.cfg.name}
-    report["data"] = args.data + ("" if args.split == "all" else f" ({args.split} split)")
-    if args.thresholds:
-        report["thresholds_file"] = args.thresholds
+    report["data"] = " + ".join(args.data) + ("" if args.split == "all" else f" ({args.split} split)")
+    if args.calibration:
+        report["calibration_file"] = args.calibration
     text = json.dumps(report, indent=1, sort_keys=True)
     if args.json:
         with open(args.json, "w") as f:
@@ -183,14 +236,13 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _read_thresholds(path: str, matcher: Matcher) -> dict[str, float]:
-    """A thresholds JSON file (as a checkpoint's thresholds.json) checked against the kinds
-    ``matcher`` knows; anything else is an error naming the file."""
+def _read_calibration(path: str, matcher: Matcher) -> Policy:
+    """``--calibration FILE`` checked against the kinds ``matcher`` knows; an error naming the
+    file and the key otherwise."""
     try:
-        with open(path) as f:
-            return check_thresholds(json.load(f), matcher.lexicon.kinds)
-    except (OSError, ValueError) as exc:
-        raise SystemExit(f"{path}: {exc}") from None
+        return read_policy_file(path, matcher.lexicon.kinds)
+    except CalibrationError as exc:
+        raise SystemExit(f"ecomatch: error: {exc}") from None
 
 
 def cmd_make_sample(args: argparse.Namespace) -> int:
@@ -205,18 +257,25 @@ def cmd_explain(args: argparse.Namespace) -> int:
     from .explain import attribute_lines, render_explanation
     from .preprocess import ImageDecodeError
     matcher = load(args.model, device=args.device)
+    policy = _read_calibration(args.calibration, matcher) if args.calibration else matcher.policy
+    if policy is None:
+        raise SystemExit(f"ecomatch explain: error: {args.model} has no calibration: run `ecomatch calibrate`")
     with open(args.image, "rb") as f:
         data = f.read()
     try:
-        sheet, score = render_explanation(matcher, data, args.title)
+        sheet, score, verdict = render_explanation(matcher, policy, data, args.title)
     except ImageDecodeError as exc:
         print(f"ecomatch explain: error: {args.image}: {exc}", file=sys.stderr)
         return 2
     sheet.save(args.out)
-    print(f"match {score.match:.2f} (threshold {score.match_threshold:.2f}): "
-          f"{'flagged, worst ' + str(score.worst_kind) if score.flagged else 'ok'}")
-    for a in score.attributes:
-        print("  " + "; ".join(text for text, _ in attribute_lines(a, args.title)))
+    print(f"p_violation {verdict.p_violation:.3f} (violation at >= {policy.cut:.3f}): "
+          f"{'VIOLATION, worst ' + str(verdict.worst_kind) if verdict.violation else 'ok'}; match {score.match:.2f}")
+    ev = policy.evidence(score)
+    for j, (a, e) in enumerate(zip(score.attributes, ev)):
+        p = policy.probability(e) if e != float("-inf") else 0.0
+        print("  " + "; ".join(text for text, _ in attribute_lines(a, args.title, p, verdict.culprit == j)))
+    for r in verdict.reasons:
+        print(f"  - {r}")
     print(f"written to {args.out}")
     return 0
 
@@ -266,35 +325,45 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--image-negatives", type=float, default=0.0, metavar="WEIGHT",
                    help="weight of the image-swap attribute loss: titles scored against another listing's "
                         "image, values it contradicts pushed to 0 (0: off)")
-    s.add_argument("--precision", type=float, default=0.9, help="calibration target on the validation split")
+    s.add_argument("--precision", type=float, default=0.5,
+                   help="operating point chosen on the validation split: expected precision at prevalence 0.02")
     s.add_argument("--max-eval", type=int, default=3000)
     s.add_argument("--attribute-columns", default=None, help="column=kind,... (default: the catalogue's)")
     s.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config field for an ablation, e.g. compression=1 or image.depth=2")
     s.set_defaults(fn=cmd_train)
 
-    s = sub.add_parser("calibrate", help="choose thresholds for a target precision on labelled-clean data")
+    s = sub.add_parser("calibrate", help="fit the verdict's calibration and choose its operating point on "
+                                         "listings believed correct")
     s.add_argument("--model", required=True)
-    s.add_argument("--data", required=True)
-    s.add_argument("--precision", type=float, default=0.9)
+    s.add_argument("--data", required=True, action="append", help="Parquet glob; repeat for several sources")
+    s.add_argument("--precision", type=float, default=None,
+                   help="operating point: the highest recall whose expected precision at --prevalence is P")
+    s.add_argument("--review-budget", type=float, default=None, metavar="N",
+                   help="operating point: as many flags as fit in N per 10,000 listings at --prevalence")
+    s.add_argument("--prevalence", type=float, default=DEFAULT_PREVALENCE,
+                   help="share of listings that really contradict their photo (default: %(default)s)")
     s.add_argument("--out", default=None, help="write the recalibrated checkpoint here (default: in place)")
+    s.add_argument("--write", default=None, metavar="FILE",
+                   help="write only the calibration file (for `ecomatch scan --calibration FILE`); the checkpoint "
+                        "is left as it is")
     s.add_argument("--max-eval", type=int, default=3000)
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--device", default=None)
     _add_split_args(s)
     s.set_defaults(fn=cmd_calibrate)
 
-    s = sub.add_parser("evaluate", help="retrieval and mismatch-detection metrics")
+    s = sub.add_parser("evaluate", help="retrieval and mismatch-detection metrics, ranked by p_violation")
     s.add_argument("--model", required=True)
-    s.add_argument("--data", required=True)
+    s.add_argument("--data", required=True, action="append", help="Parquet glob; repeat for several sources")
     s.add_argument("--json", default=None)
     s.add_argument("--queries", type=int, default=1000)
     s.add_argument("--negatives", type=int, default=100)
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--max-eval", type=int, default=5000)
     s.add_argument("--device", default=None)
-    s.add_argument("--thresholds", default=None, metavar="FILE",
-                   help="score at these thresholds (JSON kind -> threshold) instead of the checkpoint's")
+    s.add_argument("--calibration", "--thresholds", default=None, metavar="FILE",
+                   help="judge with this calibration file instead of the checkpoint's")
     s.add_argument("--update-card", action="store_true", help="write the results into the model card")
     s.add_argument("--card-section", default="Evaluation")
     _add_split_args(s)
@@ -315,6 +384,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--title", required=True)
     s.add_argument("--out", required=True, help="picture to write (PNG, or any format Pillow writes)")
     s.add_argument("--device", default=None)
+    s.add_argument("--calibration", "--thresholds", default=None, metavar="FILE",
+                   help="judge with this calibration file instead of the checkpoint's")
     s.set_defaults(fn=cmd_explain)
 
     sub.add_parser("scan", help="run the violation scan (Apache Beam); see `ecomatch scan --help`",

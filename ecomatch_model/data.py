@@ -99,6 +99,12 @@ def content_split(images: Sequence[bytes], val_fraction: float, seed: int = 0) -
     return np.flatnonzero(~val), np.flatnonzero(val)
 
 
+def id_half(listing_id: str) -> bool:
+    """Which half of a split a listing falls in, by a hash of its id (the same in every photo
+    folder): True for the first (calibration), False for the second (evaluation)."""
+    return hashlib.sha256(listing_id.encode("utf-8")).digest()[0] < 128
+
+
 def clean_indices(listings: Listings) -> np.ndarray:
     """Listings without a known ground-truth mismatch (all of them for real data)."""
     return np.flatnonzero([not k for k in listings.column("mismatch_kind")])

@@ -1,171 +1,306 @@
-"""Evaluation and calibration.
+"""Evaluation as reviewers see the scan, and the data calibration is fitted on.
+
+Listings are scored exactly as ``ecomatch scan`` scores them (title plus the structured
+attribute columns, the same preprocessing, the swap search where the policy asks for it)
+and ranked by the ``p_violation`` the scan writes (``ecomatch_model.verdict``).
+
+Corruptions come from the catalogue's own columns, never from the model's lexicon:
+
+- ``colour``: ``base_colour`` set to another listing's colour of another colour family
+  (:data:`COLOUR_FAMILIES`), written into the title where the title names the old one;
+- ``article_type``: ``article_type`` set to another listing's type of another
+  ``sub_category``, written into the title likewise;
+- ``image``: the photo swapped with another listing's of another ``sub_category``;
+- ``gender`` (calibration only): Men <-> Women, Boys <-> Girls, column and title word.
+
+For calibration only, the kinds the catalogue has no column for (pattern, material on the
+real catalogue) are corrupted in the title with a value of another group of the lexicon, so
+that those kinds get curves too. Evaluation reports colour, article type and image swaps,
+each corrupted copy against every unmodified listing, and all three together.
 
 Retrieval follows the published FashionGen protocol: each query is ranked against its
 positive and 100 negatives drawn from the same ``sub_category`` where possible.
-Mismatch detection scores corrupted copies of the evaluation listings: an attribute word
-swapped for a value of another group of the same kind, or the image swapped with a
-listing of another article-type group.
 """
 from __future__ import annotations
 
 import logging
+import re
 from dataclasses import dataclass
+from typing import Mapping, Sequence
 
 import numpy as np
-import torch
 
-from .api import ListingScore, Matcher
-from .data import (DEFAULT_ATTRIBUTE_COLUMNS, Listings, article_groups, clean_indices, column_attributes,
-                   corrupt_attribute, image_swap_partner)
-from .metrics import precision_recall, recall_at_k, roc_auc, threshold_for_precision
-from .preprocess import decode_images, normalize
+from .api import Matcher
+from .data import DEFAULT_ATTRIBUTE_COLUMNS, Listings, clean_indices, column_attributes, corrupt_attribute
+from .metrics import recall_at_k, roc_auc
+from .preprocess import decode_images
+from .scores import ListingScore
+from .verdict import DEFAULT_PREVALENCE, MATCH, Assessment, CalibrationData, Policy, choose_cut, fit_policy
 
 log = logging.getLogger(__name__)
 
+EVAL_KINDS = ("colour", "article_type", "image")
+# A swapped photo shows another listing: the global match or any visible attribute explains it.
+RIGHT_KINDS = {"image": {"match", "article_type", "colour", "pattern"}}
+FPR_POINTS = (0.01, 0.005)
+REPORT_PREVALENCE = 0.02
+
+# Colour families of catalogue colour names (lower case). A replacement colour shares no
+# family with the old one; neighbours that reviewers would not call a contradiction (navy
+# and blue, cream and beige, charcoal and grey) share one. Colours not listed are not used.
+_FAMILIES = {
+    "black": ["black", "charcoal"],
+    "grey": ["grey", "grey melange", "charcoal", "steel", "silver", "metallic"],
+    "white": ["white", "off white", "cream", "beige"],
+    "earth": ["beige", "cream", "skin", "nude", "peach", "tan", "khaki", "taupe", "mushroom brown", "brown",
+              "coffee brown", "bronze", "copper", "rust", "gold", "mustard", "olive"],
+    "yellow": ["yellow", "mustard", "gold", "lime green", "fluorescent green"],
+    "orange": ["orange", "peach", "rust", "copper"],
+    "red": ["red", "maroon", "burgundy", "rose", "magenta", "rust"],
+    "pink": ["pink", "rose", "magenta", "peach", "mauve", "lavender", "nude"],
+    "purple": ["purple", "lavender", "mauve", "magenta", "burgundy"],
+    "blue": ["blue", "navy blue", "turquoise blue", "teal"],
+    "green": ["green", "olive", "sea green", "teal", "lime green", "fluorescent green", "turquoise blue", "khaki"],
+}
+COLOUR_FAMILIES: dict[str, frozenset[str]] = {}
+for _family, _members in _FAMILIES.items():
+    for _c in _members:
+        COLOUR_FAMILIES[_c] = COLOUR_FAMILIES.get(_c, frozenset()) | {_family}
+GENDER_SWAP = {"men": "Women", "women": "Men", "boys": "Girls", "girls": "Boys"}
+
+
 @dataclass
-class EvalSet:
-    """Clean evaluation listings with decoded pixels and their corrupted variants."""
+class Variant:
+    """A corrupted copy of clean listing ``row``: its title and columns, shown with the photo
+    of listing ``image_row``."""
 
-    listings: Listings
-    pixels: torch.Tensor          # (N, 3, S, S) uint8
-    clean: list[ListingScore]
-    corrupted: dict[str, tuple[np.ndarray, list[ListingScore], np.ndarray]]  # kind -> (rows, scores, slot)
+    kind: str
+    row: int
+    title: str
+    columns: dict[str, str]
+    image_row: int
 
 
-def _score(matcher: Matcher, pixels: torch.Tensor, titles: list[str]) -> list[ListingScore]:
-    out: list[ListingScore] = []
-    for s in range(0, len(titles), matcher.batch_size):
-        enc = matcher.encode_texts(titles[s:s + matcher.batch_size])
-        out.extend(matcher.results(matcher.forward(normalize(pixels[s:s + matcher.batch_size]), enc), enc))
+def _singular(word: str) -> str:
+    """A catalogue's plural article type as a title writes one: Watches -> Watch, Tshirts -> Tshirt."""
+    if re.search(r"(ch|sh|x|ss)es$", word, re.I):
+        return word[:-2]
+    return word[:-1] if word.lower().endswith("s") and not word.lower().endswith("ss") else word
+
+
+def _replace_words(title: str, old: str, new: str) -> str:
+    """``title`` with whole-word, case-insensitive occurrences of ``old`` (or of its singular,
+    when the title uses that) replaced by ``new`` (in the same number)."""
+    for o, n in ((old, new), (_singular(old), _singular(new))):
+        pattern = re.compile(rf"(?<!\w){re.escape(o)}(?!\w)", re.I)
+        if o and pattern.search(title):
+            return pattern.sub(lambda _: n, title)
+    return title
+
+
+def column_corruptions(listings: Listings, rng: np.random.Generator,
+                       kinds: Sequence[str] = EVAL_KINDS) -> list[Variant]:
+    """At most one corrupted copy of each listing per kind, from the catalogue's columns
+    (see the module docstring); the replacement is another listing's value, so values come
+    with the catalogue's own frequencies."""
+    n = len(listings)
+    colour, article, group = listings.column("base_colour"), listings.column("article_type"), \
+        listings.column("sub_category")
+    gender = listings.column("gender")
+    rows = listings.rows()
+    out: list[Variant] = []
+    fam = [COLOUR_FAMILIES.get(c.strip().lower()) for c in colour]
+    for kind in kinds:
+        for i in range(n):
+            cols = dict(rows[i])
+            if kind == "colour" and fam[i]:
+                others = [j for j in rng.permutation(n)[:64] if fam[j] and not fam[j] & fam[i]]
+                if others:
+                    new = colour[others[0]]
+                    cols["base_colour"] = new
+                    out.append(Variant(kind, i, _replace_words(listings.titles[i], colour[i], new), cols, i))
+            elif kind == "article_type" and article[i] and group[i]:
+                others = [j for j in rng.permutation(n)[:64] if article[j] and group[j] and group[j] != group[i]]
+                if others:
+                    new = article[others[0]]
+                    cols["article_type"] = new
+                    out.append(Variant(kind, i, _replace_words(listings.titles[i], article[i], new), cols, i))
+            elif kind == "image" and group[i]:
+                others = [j for j in rng.permutation(n)[:64] if group[j] and group[j] != group[i]]
+                if others:
+                    out.append(Variant(kind, i, listings.titles[i], cols, int(others[0])))
+            elif kind == "gender" and gender[i].strip().lower() in GENDER_SWAP:
+                new = GENDER_SWAP[gender[i].strip().lower()]
+                cols["gender"] = new
+                out.append(Variant(kind, i, _replace_words(listings.titles[i], gender[i], new), cols, i))
     return out
 
 
-def build_eval_set(matcher: Matcher, listings: Listings, max_listings: int | None, seed: int) -> EvalSet:
-    """Decode the clean listings once, score them and every corrupted variant."""
+def lexicon_corruptions(listings: Listings, matcher: Matcher, rng: np.random.Generator,
+                        kinds: Sequence[str]) -> list[Variant]:
+    """Title-only corruptions of ``kinds`` from the lexicon's groups: for calibration of the
+    kinds the catalogue has no column for."""
+    enc = matcher.text_encoder
+    rows = listings.rows()
+    out = []
+    for kind in kinds:
+        for i, title in enumerate(listings.titles):
+            toks = enc.tokens(title)
+            hit = corrupt_attribute(toks, enc.lexicon.extract(toks)[: enc.max_attrs], enc.lexicon, rng, kind)
+            if hit is not None:
+                out.append(Variant(kind, i, hit[0], dict(rows[i]), i))
+    return out
+
+
+@dataclass
+class EvalSet:
+    """Unmodified listings and their corrupted copies, with raw scores as the scan makes them."""
+
+    listings: Listings
+    clean: list[ListingScore]
+    variants: list[Variant]
+    corrupted: list[ListingScore]
+
+    def kinds(self) -> list[str]:
+        return sorted({v.kind for v in self.variants})
+
+
+def _attributes(matcher: Matcher, rows: Sequence[Mapping[str, str]]) -> list[list[tuple[str, str]]]:
+    cols = {c: [r.get(c, "") for r in rows] for c in DEFAULT_ATTRIBUTE_COLUMNS}
+    probe = Listings([""] * len(rows), [""] * len(rows), [b""] * len(rows), cols)
+    return column_attributes(probe, matcher.lexicon, DEFAULT_ATTRIBUTE_COLUMNS)
+
+
+def decodable(matcher: Matcher, listings: Listings, max_listings: int | None, seed: int) -> Listings:
+    """The clean listings whose image decodes (at most ``max_listings``, drawn with ``seed``)."""
     rng = np.random.default_rng(seed)
     idx = clean_indices(listings)
     if max_listings is not None and len(idx) > max_listings:
         idx = np.sort(rng.choice(idx, max_listings, replace=False))
-    decoded, ok = decode_images([listings.images[i] for i in idx], matcher.image_size)
-    base = listings.take(idx[ok])
-    pixels = torch.from_numpy(decoded)
-    clean = _score(matcher, pixels, base.titles)
-    enc = matcher.text_encoder
-    corrupted = {}
-    for kind in matcher.lexicon.kinds:
-        rows, titles, slots = [], [], []
-        for i, title in enumerate(base.titles):
-            toks = enc.tokens(title)
-            hit = corrupt_attribute(toks, enc.lexicon.extract(toks)[: enc.max_attrs], enc.lexicon, rng, kind)
-            if hit is not None:
-                rows.append(i), titles.append(hit[0]), slots.append(hit[1])
-        if rows:
-            rows_a = np.asarray(rows)
-            corrupted[kind] = (rows_a, _score(matcher, pixels[rows_a], titles), np.asarray(slots))
-    groups = article_groups(base, enc.lexicon, enc.tokens)
-    pairs = [(i, image_swap_partner(i, groups, rng)) for i in range(len(base))]
-    pairs = [(i, j) for i, j in pairs if j is not None]
-    if pairs:
-        rows_a = np.asarray([i for i, _ in pairs])
-        partners = np.asarray([j for _, j in pairs])
-        corrupted["image"] = (rows_a, _score(matcher, pixels[partners], [base.titles[i] for i in rows_a]),
-                              np.full(len(rows_a), -1))
-    return EvalSet(base, pixels, clean, corrupted)
+    _, ok = decode_images([listings.images[i] for i in idx], matcher.image_size)
+    return listings.take(idx[ok])
 
 
-def kind_score(s: ListingScore, kind: str) -> float | None:
-    """A listing's consistency for one kind (the lowest over its mentions), or the match
-    score for ``"image"``; None when it has no mention of that kind."""
-    if kind == "image":
-        return s.match
-    vals = [a.score for a in s.attributes if a.kind == kind]
-    return min(vals) if vals else None
+def build_eval_set(matcher: Matcher, listings: Listings, max_listings: int | None, seed: int,
+                   kinds: Sequence[str] = EVAL_KINDS, lexicon_kinds: Sequence[str] = ()) -> EvalSet:
+    """Score the decodable clean listings and their corrupted copies (raw scores)."""
+    base = decodable(matcher, listings, max_listings, seed)
+    rng = np.random.default_rng(seed + 7)
+    variants = column_corruptions(base, rng, kinds) + lexicon_corruptions(base, matcher, rng, lexicon_kinds)
+    clean = matcher.score(base.images, base.titles, _attributes(matcher, base.rows()))
+    corrupted = matcher.score([base.images[v.image_row] for v in variants], [v.title for v in variants],
+                              _attributes(matcher, [v.columns for v in variants]))
+    log.info("scored %d listings and %d corrupted copies (%s)", len(base), len(variants),
+             ", ".join(f"{k} {sum(v.kind == k for v in variants)}" for k in sorted({v.kind for v in variants})))
+    return EvalSet(base, clean, variants, corrupted)
 
 
-def detection_data(ev: EvalSet, kind: str, detector: str | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """(labels, score) for one corruption kind: corrupted copies (1) against the same
-    listings unmodified (0), scored by ``detector`` (a kind, or "image" for the global
-    match; default: the corrupted kind itself). Low score = mismatch."""
-    rows, scores, _ = ev.corrupted[kind]
-    detector = detector or kind
-    bad = [kind_score(s, detector) for s in scores]
-    good = [kind_score(ev.clean[i], detector) for i in rows]
-    keep = [k for k in range(len(rows)) if bad[k] is not None and good[k] is not None]
-    labels = np.r_[np.ones(len(keep)), np.zeros(len(keep))]
-    return labels, np.asarray([bad[k] for k in keep] + [good[k] for k in keep], np.float64)
+def calibration_data(ev: EvalSet) -> CalibrationData:
+    """Per check kind, unmodified mentions against the corrupted copies' changed mentions
+    (a mention whose value the unmodified listing does not have); for ``match``, unmodified
+    listings against image swaps."""
+    neg: dict[str, list[float]] = {MATCH: [s.match for s in ev.clean]}
+    pos: dict[str, list[float]] = {MATCH: []}
+    for s in ev.clean:
+        for a in s.attributes:
+            neg.setdefault(a.kind, []).append(a.score)
+    for v, s in zip(ev.variants, ev.corrupted):
+        if v.kind == "image":
+            pos[MATCH].append(s.match)
+            continue
+        before = {(a.kind, a.value) for a in ev.clean[v.row].attributes}
+        pos.setdefault(v.kind, []).extend(a.score for a in s.attributes
+                                          if a.kind == v.kind and (a.kind, a.value) not in before)
+    return CalibrationData(neg, pos, list(ev.clean), [(v.kind, s) for v, s in zip(ev.variants, ev.corrupted)])
 
 
-MIXED_KINDS = ("colour", "article_type", "image")
-# A swapped photo shows another listing: the global match or any visible attribute explains it.
-RIGHT_KINDS = {"image": {"match", "article_type", "colour", "pattern"}}
+def calibrate(ev: EvalSet, precision: float | None = None, prevalence: float = DEFAULT_PREVALENCE,
+              review_budget: float | None = None, fitted_on: Mapping | None = None) -> Policy:
+    """Fit the policy's curves on ``ev`` and choose its cut: the highest recall whose expected
+    precision at ``prevalence`` reaches ``precision``, or the most flags that fit in
+    ``review_budget`` per 10,000 listings (recall is the mean over colour, article type and
+    image swaps, the kinds evaluation reports)."""
+    policy = fit_policy(calibration_data(ev), prevalence, fitted_on=fitted_on)
+    p0, p1 = _p(policy, ev)
+    p1 = {k: v for k, v in p1.items() if k in EVAL_KINDS} or p1
+    cut, expected = choose_cut(p0, p1, prevalence, precision, review_budget)
+    rule = {"precision": precision} if precision is not None else {"review_budget_per_10k": review_budget}
+    point = {**rule, "prevalence": prevalence, **expected, "clean": len(p0),
+             "corrupted": int(sum(len(v) for v in p1.values()))}
+    for k, v in sorted(point.items()):
+        log.info("operating point %s = %s", k, v)
+    return policy.with_operating_point(cut, point)
 
 
-def mixed_set(ev: EvalSet) -> list[tuple[ListingScore, int, str, int]]:
-    """Every clean listing (label 0), then as many corrupted ones (label 1) cycling colour,
-    article type and image swaps: (score, label, corruption kind, corrupted slot)."""
-    out = [(s, 0, "", -1) for s in ev.clean]
-    kinds = [k for k in MIXED_KINDS if k in ev.corrupted]
-    for t in range(len(ev.clean) if kinds else 0):
-        kind = kinds[t % len(kinds)]
-        rows, scores, slots = ev.corrupted[kind]
-        c = (t // len(kinds)) % len(rows)
-        out.append((scores[c], 1, kind, int(slots[c])))
+def _p(policy: Policy, ev: EvalSet) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    p0 = np.asarray([policy.p_violation(s) for s in ev.clean])
+    p1: dict[str, list[float]] = {}
+    for v, s in zip(ev.variants, ev.corrupted):
+        p1.setdefault(v.kind, []).append(policy.p_violation(s))
+    return p0, {k: np.asarray(x) for k, x in p1.items()}
+
+
+def recall_at_fpr(p0: np.ndarray, p1: np.ndarray, fpr: float) -> float:
+    """Recall of the strictest-but-one cut that flags at most ``fpr`` of unmodified listings
+    (a listing is flagged when its p_violation is above the cut)."""
+    desc = np.sort(p0)[::-1]
+    k = int(np.floor(fpr * len(desc)))
+    cut = desc[min(k, len(desc) - 1)]
+    return float((p1 > cut).mean())
+
+
+def assessments(matcher: Matcher, policy: Policy, ev: EvalSet) -> tuple[list[Assessment], list[Assessment]]:
+    """The verdicts of the clean listings and of the corrupted copies, with the swap search
+    where the policy asks for it (``Matcher.assess``, as the scan's SearchSwaps step does)."""
+    base = ev.listings
+    clean = matcher.assess(base.images, base.titles, _attributes(matcher, base.rows()), policy, ev.clean)
+    bad = matcher.assess([base.images[v.image_row] for v in ev.variants], [v.title for v in ev.variants],
+                         _attributes(matcher, [v.columns for v in ev.variants]), policy, ev.corrupted)
+    return [a for _, a in clean], [a for _, a in bad]
+
+
+def detection_report(matcher: Matcher, policy: Policy, ev: EvalSet) -> dict:
+    """Per corruption kind and overall: ROC-AUC by p_violation, recall at the operating point
+    and at 1% and 0.5% false-positive rate, precision at 2% prevalence, attribution accuracy;
+    and the false-positive rate on unmodified listings."""
+    clean, bad = assessments(matcher, policy, ev)
+    p0 = np.asarray([a.p_violation for a in clean])
+    per: dict[str, list[tuple[Variant, Assessment]]] = {}
+    for v, a in zip(ev.variants, bad):
+        if v.kind in EVAL_KINDS:
+            per.setdefault(v.kind, []).append((v, a))
+    fpr = float((p0 >= policy.cut).mean())
+    out: dict = {"clean": len(p0), "false_positive_rate": fpr, "cut": policy.cut, "kinds": {}}
+
+    def block(pairs: list[tuple[Variant, Assessment]]) -> dict:
+        p1 = np.asarray([a.p_violation for _, a in pairs])
+        recall = float((p1 >= policy.cut).mean())
+        flagged = [(v, a) for v, a in pairs if a.violation]
+        right = sum(a.worst_kind in RIGHT_KINDS.get(v.kind, {v.kind}) for v, a in flagged)
+        q = REPORT_PREVALENCE
+        prec = q * recall / (q * recall + (1 - q) * fpr) if recall or fpr else float("nan")
+        d = {"corrupted": len(p1), "roc_auc": roc_auc(np.r_[np.ones(len(p1)), np.zeros(len(p0))], np.r_[p1, p0]),
+             "recall": recall, "precision_at_2pct": prec,
+             "attribution_accuracy": right / len(flagged) if flagged else float("nan")}
+        for x in FPR_POINTS:
+            d[f"recall_at_{x:g}_fpr"] = recall_at_fpr(p0, p1, x)
+        return d
+
+    for kind, pairs in sorted(per.items()):
+        out["kinds"][kind] = block(pairs)
+    if per:
+        out["overall"] = block([x for pairs in per.values() for x in pairs])
     return out
 
 
-def flags(s: ListingScore, thresholds: dict[str, float]) -> bool:
-    """Whether ``s`` would be flagged at other ``thresholds`` (calibration's what-if)."""
-    return s.match < thresholds.get("match", s.match_threshold) or any(
-        a.score < thresholds.get(a.kind, a.threshold) for a in s.attributes)
-
-
-def calibrate(ev: EvalSet, precision: float) -> dict[str, float]:
-    """Thresholds for the whole flagging rule (any attribute below its kind's threshold, or
-    the match below its own) reaching ``precision`` on the mixed set (half unmodified).
-
-    Each kind's threshold is capped at the highest one that reaches ``precision`` on its
-    own balanced set (a kind that never reaches it is disabled: 0, or -1 for ``match``, so
-    kinds the model cannot see in the image raise no alarms). Below the caps every kind
-    gets the same false-positive rate alpha on unmodified listings (its threshold is the
-    alpha-quantile of their scores), and alpha is the largest that keeps the mixed set's
-    precision at the target (bisection: flags only grow with alpha)."""
-    clean = {k: np.sort([v for v in (kind_score(s, k) for s in ev.clean) if v is not None]) for k in ev.corrupted}
-    caps = {k: threshold_for_precision(*detection_data(ev, k), precision) for k in ev.corrupted}
-    mixed = mixed_set(ev)
-    labels = np.array([y for _, y, _, _ in mixed])
-
-    def at(alpha: float) -> dict[str, float]:
-        out = {}
-        for kind, scores in clean.items():
-            name, off = ("match", -1.0) if kind == "image" else (kind, 0.0)
-            quantile = float(scores[min(len(scores) - 1, int(alpha * len(scores)))]) if len(scores) else off
-            out[name] = off if caps[kind] is None else min(caps[kind], quantile)
-        return out
-
-    def mixed_precision(th: dict[str, float]) -> float:
-        p, _ = precision_recall(labels, np.array([flags(s, th) for s, _, _, _ in mixed]))
-        return 0.0 if np.isnan(p) else p
-
-    lo, hi = 0.0, 0.5
-    for _ in range(16):
-        mid = (lo + hi) / 2
-        lo, hi = (mid, hi) if mixed_precision(at(mid)) >= precision else (lo, mid)
-    thresholds = at(lo)
-    for name, t in sorted(thresholds.items()):
-        log.info("threshold %s = %.4f%s", name, t, " (disabled)" if t <= (-1.0 if name == "match" else 0.0) else "")
-    return thresholds
-
-
-def retrieval(matcher: Matcher, ev: EvalSet, n_queries: int, negatives: int, seed: int) -> dict[str, float]:
+def retrieval(matcher: Matcher, listings: Listings, n_queries: int, negatives: int, seed: int) -> dict[str, float]:
     """R@1/5/10 image->text and text->image; negatives share the query's sub_category."""
     rng = np.random.default_rng(seed + 1)
-    n = len(ev.listings)
-    with torch.inference_mode():
-        img = torch.cat([matcher.model.encode_image(normalize(ev.pixels[s:s + 256]).to(matcher.device))[1].cpu()
-                         for s in range(0, n, 256)]).numpy()
-    txt = matcher.embed_texts(ev.listings.titles)
-    sub = np.asarray(ev.listings.column("sub_category"))
-    titles = np.asarray([t.lower() for t in ev.listings.titles])
+    n = len(listings)
+    img = matcher.embed_images(listings.images)
+    txt = matcher.embed_texts(listings.titles)
+    sub = np.asarray(listings.column("sub_category"))
+    titles = np.asarray([t.lower() for t in listings.titles])
     queries = rng.choice(n, min(n_queries, n), replace=False)
     cand_i2t, cand_t2i = [], []
     for q in queries:
@@ -176,7 +311,7 @@ def retrieval(matcher: Matcher, ev: EvalSet, n_queries: int, negatives: int, see
         take = rng.choice(same, min(negatives, len(same)), replace=False)
         if len(take) < negatives:
             take = np.r_[take, rng.choice(other, min(negatives - len(take), len(other)), replace=False)]
-        cand = np.r_[q, take]
+        cand = np.r_[q, take].astype(int)
         cand_i2t.append(img[q] @ txt[cand].T)
         cand_t2i.append(txt[q] @ img[cand].T)
     width = min(len(c) for c in cand_i2t)
@@ -188,36 +323,26 @@ def retrieval(matcher: Matcher, ev: EvalSet, n_queries: int, negatives: int, see
     return out
 
 
-def evaluate(matcher: Matcher, listings: Listings, n_queries: int = 1000, negatives: int = 100,
-             seed: int = 0, max_listings: int | None = 5000) -> dict:
-    """All metrics for ``listings`` at the matcher's thresholds (see module docstring)."""
+def evaluate(matcher: Matcher, listings: Listings, policy: Policy | None = None, n_queries: int = 1000,
+             negatives: int = 100, seed: int = 0, max_listings: int | None = 5000) -> dict:
+    """All metrics for ``listings`` under ``policy`` (default: the checkpoint's)."""
+    policy = policy or matcher.policy
+    if policy is None:
+        raise ValueError("the model has no calibration: run `ecomatch calibrate` first")
+    report: dict = {"operating_point": {"cut": policy.cut, "prevalence": policy.prevalence,
+                                        **dict(policy.operating_point)}}
+    ground = ground_truth(matcher, policy, listings)
+    if ground:
+        report["ground_truth"] = ground
     ev = build_eval_set(matcher, listings, max_listings, seed)
-    report: dict = {"listings": len(ev.listings), "thresholds": {k: matcher.threshold(k) for k in
-                                                                 ["match", *matcher.lexicon.kinds]}}
-    report["retrieval"] = retrieval(matcher, ev, n_queries, negatives, seed)
-    report["roc_auc"] = {}
-    for kind in ev.corrupted:
-        labels, score = detection_data(ev, kind)
-        # Ablation: the same corruptions detected by the global cosine alone (no AGA).
-        g_labels, g_score = detection_data(ev, kind, "image")
-        report["roc_auc"][kind] = {"auc": roc_auc(labels, -score), "pairs": int(labels.sum()),
-                                   "global_only_auc": roc_auc(g_labels, -g_score)}
-    mixed_labels, mixed_flags, attributed, detected = [], [], 0, 0
-    for s, label, kind, slot in mixed_set(ev):
-        mixed_labels.append(label), mixed_flags.append(s.flagged)
-        if label and s.flagged and kind != "image":
-            detected += 1
-            attributed += int(s.culprit() == slot)
-    p, r = precision_recall(np.asarray(mixed_labels), np.asarray(mixed_flags))
-    clean_flags = np.asarray(mixed_flags[: len(ev.clean)])
-    report["at_thresholds"] = {"precision": p, "recall": r, "false_positive_rate": float(clean_flags.mean()),
-                               "clean": len(ev.clean), "corrupted": len(mixed_labels) - len(ev.clean),
-                               "attribution_accuracy": attributed / detected if detected else float("nan")}
-    report["ground_truth"] = ground_truth(matcher, listings)
+    report["listings"] = len(ev.listings)
+    if len(ev.listings) > 1:
+        report["retrieval"] = retrieval(matcher, ev.listings, n_queries, negatives, seed)
+    report["detection"] = detection_report(matcher, policy, ev)
     return report
 
 
-def ground_truth(matcher: Matcher, listings: Listings) -> dict:
+def ground_truth(matcher: Matcher, policy: Policy, listings: Listings) -> dict:
     """Detection of mismatches labelled in a ``mismatch_kind`` column (synthetic samples),
     scoring the title together with the structured attribute columns, as a scan does."""
     kinds = listings.column("mismatch_kind")
@@ -225,12 +350,12 @@ def ground_truth(matcher: Matcher, listings: Listings) -> dict:
     if not idx:
         return {}
     attrs = column_attributes(listings, matcher.lexicon, DEFAULT_ATTRIBUTE_COLUMNS)
-    scores = matcher.score([listings.images[i] for i in idx], [listings.titles[i] for i in idx],
-                           [attrs[i] for i in idx])
+    results = matcher.assess([listings.images[i] for i in idx], [listings.titles[i] for i in idx],
+                             [attrs[i] for i in idx], policy)
     out: dict = {}
-    for i, s in zip(idx, scores):
+    for i, (_, a) in zip(idx, results):
         d = out.setdefault(kinds[i], {"total": 0, "flagged": 0, "right_kind": 0})
         d["total"] += 1
-        d["flagged"] += int(s.flagged)
-        d["right_kind"] += int(s.worst_kind in RIGHT_KINDS.get(kinds[i], {kinds[i]}))
+        d["flagged"] += int(a.violation)
+        d["right_kind"] += int(a.violation and a.worst_kind in RIGHT_KINDS.get(kinds[i], {kinds[i]}))
     return out

@@ -15,6 +15,7 @@ from PIL import Image, ImageDraw, ImageFont
 from .api import AttributeScore, ListingScore, Matcher
 from .preprocess import ImageInput, to_uint8
 from .text import word_offsets
+from .verdict import Assessment, Policy
 
 # Colour stops (position, RGB) of the heat scale: blue (cold) -> cyan -> yellow -> red (hot).
 HEAT_STOPS = ((0.0, (30, 60, 200)), (0.35, (0, 200, 230)), (0.65, (255, 230, 0)), (1.0, (230, 20, 20)))
@@ -56,13 +57,12 @@ def mention_words(title: str, span: tuple[int, int]) -> str | None:
     return title[offsets[start][0]:offsets[end - 1][1]]
 
 
-def attribute_lines(a: AttributeScore, title: str) -> list[tuple[str, tuple[int, int, int]]]:
-    """The text under an attribute's panel: (line, colour) pairs."""
-    ok = a.consistent
+def attribute_lines(a: AttributeScore, title: str, p: float, blamed: bool) -> list[tuple[str, tuple[int, int, int]]]:
+    """The text under an attribute's panel: (line, colour) pairs; ``p`` is the mention's
+    probability of contradicting the photo, ``blamed`` whether the verdict blames it."""
     said = mention_words(title, a.span)
     lines = [(f"{a.kind}: {a.value}", INK_RGB),
-             (f"{a.score:.2f} {'>=' if ok else '<'} {a.threshold:.2f} {'ok' if ok else 'FAILS'}",
-              OK_RGB if ok else FAIL_RGB)]
+             (f"score {a.score:.2f}, p {p:.2f}{' BLAMED' if blamed else ''}", FAIL_RGB if blamed else OK_RGB)]
     if a.suggestion:
         lines.append((f"best other: {a.suggestion} {a.suggestion_score:.2f}", INK_RGB))
     if said is not None:
@@ -79,13 +79,14 @@ def _fit(draw: ImageDraw.ImageDraw, text: str, font: ImageFont.ImageFont, width:
     return text + "..."
 
 
-def render_explanation(matcher: Matcher, image: ImageInput, title: str,
-                       panel: int = 176) -> tuple[Image.Image, ListingScore]:
-    """One listing scored and drawn: the title and global match, the model's view of the
-    image, then one heatmap panel per attribute mention with its score against the
-    threshold, the model's best other value and the title words it comes from. Returns the
-    picture and the scores."""
-    [score] = matcher.score([image], [title])
+def render_explanation(matcher: Matcher, policy: Policy, image: ImageInput, title: str,
+                       panel: int = 176) -> tuple[Image.Image, ListingScore, Assessment]:
+    """One listing scored, judged by ``policy`` and drawn: the title, global match and
+    verdict, the model's view of the image, then one heatmap panel per attribute mention with
+    its score and probability of a contradiction, the model's best other value and the title
+    words it comes from. Returns the picture, the raw scores and the verdict."""
+    [(score, verdict)] = matcher.assess([image], [title], policy=policy)
+    ev = policy.evidence(score)
     view = pixels_image(to_uint8(image, matcher.image_size))
     font = ImageFont.load_default(size=13)
     pad, line_h = 12, 17
@@ -96,14 +97,15 @@ def render_explanation(matcher: Matcher, image: ImageInput, title: str,
     draw = ImageDraw.Draw(sheet)
     for i, line in enumerate(header):
         draw.text((pad, pad + i * line_h), _fit(draw, line, font, width - 2 * pad), fill=INK_RGB, font=font)
-    match_ok = not score.match_fails
     draw.text((pad, pad + len(header) * line_h),
-              f"match {score.match:.2f} {'>=' if match_ok else '<'} {score.match_threshold:.2f}   "
-              f"verdict: {'FLAGGED' if score.flagged else 'ok'}",
-              fill=FAIL_RGB if score.flagged else OK_RGB, font=font)
+              f"match {score.match:.2f}   p_violation {verdict.p_violation:.2f}   "
+              f"verdict: {'VIOLATION (' + str(verdict.worst_kind) + ')' if verdict.violation else 'ok'}",
+              fill=FAIL_RGB if verdict.violation else OK_RGB, font=font)
     note = [] if score.attributes else [("no attribute found in the title", INK_RGB)]
     panels = [(view, [("model input", INK_RGB), *note])]
-    panels += [(overlay_heatmap(view, a.attention), attribute_lines(a, title)) for a in score.attributes]
+    panels += [(overlay_heatmap(view, a.attention),
+                attribute_lines(a, title, policy.probability(e) if e != float("-inf") else 0.0, verdict.culprit == j))
+               for j, (a, e) in enumerate(zip(score.attributes, ev))]
     for k, (picture, lines) in enumerate(panels):
         x = pad + k * (panel + pad)
         sheet.paste(picture.resize((panel, panel), Image.BILINEAR), (x, header_h))

@@ -346,7 +346,7 @@ def train(listings: Listings, cfg: ModelConfig, out: str, opts: TrainOptions, co
         frac = (s - opts.warmup_steps) / max(1, total_steps - opts.warmup_steps)
         return opts.lr * 0.5 * (1 + math.cos(math.pi * min(1.0, frac)))
 
-    ckpt = Checkpoint(model, vocab, lexicon, {}, card)
+    ckpt = Checkpoint(model, vocab, lexicon, None, card)
     log_path = os.path.join(out, "train_log.jsonl")
     os.makedirs(out, exist_ok=True)
     t_train = time.time()

@@ -12,7 +12,7 @@ bounds, 1 when it is outside them (one line per problem on stderr), and 2 when t
 ``summary.json`` (the job has not finished, failed, or was never launched). Run after the scan's
 usual finishing time, any non-zero exit is an alert (``infra/schedule.sh`` wires it to Cloud
 Monitoring). A violation rate far from the usual one means the catalogue, the model or the
-thresholds changed; a throughput floor catches workers that fell back to the CPU.
+calibration changed; a throughput floor catches workers that fell back to the CPU.
 """
 from __future__ import annotations
 

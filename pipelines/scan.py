@@ -1,12 +1,14 @@
 """The nightly violation scan: Parquet listing shards -> violation reports.
 
     ecomatch scan --input 'shards/*.parquet' --output PREFIX [--model default|PATH]
-                  [--thresholds FILE] [--attribute-columns col=kind,...] [--skip-bad-files]
+                  [--calibration FILE] [--attribute-columns col=kind,...] [--skip-bad-files]
                   [--state EARLIER_PREFIX] [Beam options...]
     python -m pipelines.scan ...same arguments...
 
-Graph: ``ReadListings -> DecodeListings -> ScoreListings -> FlagViolations -> WriteReports``
-(see ``transforms/``); with ``--state``, ``CarryForward`` (``transforms/state.py``) comes between
+Graph: ``ReadListings -> DecodeListings -> ScoreListings -> SearchSwaps -> FlagViolations ->
+WriteReports`` (see ``transforms/``): scoring gives raw scores, the swap search runs only for
+the listings the verdict policy asks about, and flagging applies the one policy of
+``ecomatch_model.verdict`` (the model's calibration, or ``--calibration FILE``); with ``--state``, ``CarryForward`` (``transforms/state.py``) comes between
 reading and decoding: listings unchanged since that earlier run keep its verdict without
 being decoded or scored, and its ids no longer read are listed in ``removed/``. Input and
 output may be local paths or ``gs://`` URIs. Unless
@@ -16,19 +18,21 @@ and its options (``--runner DataflowRunner --project ...``) pass straight throug
 
 Outputs under PREFIX (full schemas in ``transforms/reports.py``):
 
-- ``scores/*.parquet``: listing_id, verdict (ok|violation), severity, match_score,
-  worst_kind, content_hash, one row per scored listing;
+- ``scores/*.parquet``: listing_id, verdict (ok|violation), severity (``p_violation``, the
+  probability at the calibration's prevalence that the photo contradicts the text),
+  match_score, worst_kind, content_hash, one row per scored listing;
 - ``violations/*.parquet``: listing_id, severity, match_score, worst_kind, reasons,
-  attributes (kind, value, score, threshold, suggested_value, suggested_score);
+  attributes (kind, value, score, p_contradicted, suggested_value, suggested_score);
 - ``errors/*.parquet``: listing_id, source, stage, error_type, message;
-- ``summary.json``: counts, model, thresholds, input, runner, times, listings per second;
+- ``summary.json``: counts, model, calibration and operating point, input, runner, times,
+  listings per second;
 - ``report.html``: a self-contained page for reviewers, written by the job's last step
   (``WriteHtmlReport``, on a worker, on every runner) from the outputs above once
   ``summary.json`` is final: the ``--report-top`` most severe violations with attention
   heatmaps (``transforms/html_report.py``).
 
 A rerun to the same PREFIX replaces the previous outputs. Before any work the job checks
-the model, the thresholds file, the attribute-column mapping and every input file's
+the model, the calibration file, the attribute-column mapping and every input file's
 schema, and stops with a message naming what is wrong; a row group that turns out
 unreadable while the job runs stops it too, naming the file. With ``--skip-bad-files``
 such files and row groups are reported in ``errors/`` instead (stage ``read``) and the
@@ -48,18 +52,19 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import (DirectOptions, GoogleCloudOptions, PipelineOptions, SetupOptions,
                                                   StandardOptions)
 from apache_beam.runners.runner import PipelineResult, PipelineState
-from ecomatch_model.api import Matcher, check_thresholds, load
+from ecomatch_model.api import Matcher, load
 from ecomatch_model.checkpoint import CheckpointError
 from ecomatch_model.data import parse_attribute_columns
+from ecomatch_model.verdict import CalibrationError, Policy, describe, read_policy_file
 
 from transforms.decode import DecodeListings, ListingDecoder
 from transforms.errors import redact
-from transforms.flag import MATCH, FlagViolations
+from transforms.flag import FlagViolations
 from transforms.html_report import DEFAULT_TOP, WriteHtmlReport
 from transforms.listings import InputSchemaError, ReadListings, UnreadableInputError, survey_input
 from transforms.reports import (ERRORS, REMOVED, REPORT, SCORES, SUMMARY, VIOLATIONS, ScanInfo, WriteReports,
                                 clear_outputs, read_summary)
-from transforms.score import EcomatchModelHandler, ScoreListings
+from transforms.score import EcomatchModelHandler, ScoreListings, SearchSwaps, SwapSearchHandler
 from transforms.state import CarryForward, previous_run
 
 log = logging.getLogger("ecomatch.scan")
@@ -68,7 +73,7 @@ DEFAULT_RUNNER = "FnApiRunner"
 
 
 class ScanConfigError(ValueError):
-    """A scan argument (thresholds file, attribute columns) is unusable."""
+    """A scan argument (calibration file, attribute columns) is unusable."""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -80,8 +85,9 @@ def build_parser() -> argparse.ArgumentParser:
                                                    "replaced")
     p.add_argument("--model", default="default",
                    help="bundled model name or checkpoint path/URL (default: %(default)s)")
-    p.add_argument("--thresholds", default=None, help="JSON file of {kind: threshold} overriding the model's "
-                                                      "calibration (kinds: match and the attribute kinds)")
+    p.add_argument("--calibration", "--thresholds", dest="calibration", default=None, metavar="FILE",
+                   help="calibration file (`ecomatch calibrate --write FILE`, local or gs://) judging the scan "
+                        "instead of the model's own calibration")
     p.add_argument("--attribute-columns", default=None,
                    help="structured columns checked against the image, column=kind,... "
                         "(default: base_colour=colour,article_type=article_type,pattern=pattern,"
@@ -109,22 +115,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--state", default=None,
                    help="an earlier run's output prefix: listings unchanged since (same content_hash) keep its "
                         "verdict without being decoded or scored, its ids no longer read are listed in removed/; "
-                        "ignored, with a warning, when that run is incomplete or had another model or thresholds")
+                        "ignored, with a warning, when that run is incomplete or had another model or calibration")
     return p
 
 
-def read_thresholds(path: str, matcher: Matcher) -> dict[str, float]:
-    """The ``--thresholds`` JSON file as {kind: threshold}, checked against the model's kinds
-    (match in [-1, 1], attribute kinds in [0, 1])."""
-    try:
-        with FileSystems.open(path, mime_type="application/json") as f:
-            data = json.loads(f.read().decode("utf-8"))
-    except (OSError, ValueError) as exc:
-        raise ScanConfigError(f"--thresholds {path}: cannot read a JSON object: {exc}") from None
-    try:
-        return check_thresholds(data, matcher.lexicon.kinds)
-    except ValueError as exc:
-        raise ScanConfigError(f"--thresholds {path}: {exc}") from None
+def scan_policy(path: str | None, matcher: Matcher) -> tuple[Policy, str]:
+    """The verdict policy and where it came from: ``--calibration FILE`` (checked against the
+    model's kinds), else the checkpoint's own."""
+    if path:
+        try:
+            return read_policy_file(path, matcher.lexicon.kinds), redact(path)
+        except CalibrationError as exc:
+            raise ScanConfigError(f"--calibration {exc}") from None
+    if matcher.policy is None:
+        raise ScanConfigError(f"model {matcher.name} has no calibration: run `ecomatch calibrate` or pass "
+                              "--calibration FILE")
+    return matcher.policy, "checkpoint"
 
 
 def attribute_columns(spec: str | None, matcher: Matcher) -> dict[str, str]:
@@ -175,18 +181,17 @@ def run(argv: Sequence[str] | None = None, save_main_session: bool = True,
     pipeline = test_pipeline or beam.Pipeline(options=options)
 
     matcher = load(args.model, device="cpu")       # the launcher only needs its text side and metadata
-    thresholds = read_thresholds(args.thresholds, matcher) if args.thresholds else {}
-    matcher.thresholds.update(thresholds)
+    policy, policy_source = scan_policy(args.calibration, matcher)
+    calibration = describe(policy, policy_source)
     columns = attribute_columns(args.attribute_columns, matcher)
     survey = survey_input(args.input, list(columns), strict=not args.skip_bad_files)
     files, read_columns = survey.files, survey.columns
     for why in survey.bad.values():
         log.warning("--skip-bad-files: skipping %s", redact(why))
-    effective = {k: matcher.threshold(k) for k in [MATCH, *matcher.lexicon.kinds]}
-    previous, why = previous_run(args.state, matcher.sha256, effective) if args.state else (None, "")
+    previous, why = previous_run(args.state, matcher.sha256, calibration["sha256"]) if args.state else (None, "")
     if why:
         log.warning("--state %s is not used, every listing is scanned: %s", redact(args.state), why)
-    info = ScanInfo(args.input, len(files) + len(survey.bad), args.output, args.model, matcher.sha256, effective,
+    info = ScanInfo(args.input, len(files) + len(survey.bad), args.output, args.model, matcher.sha256, calibration,
                     list(matcher.lexicon.kinds), _runner_name(pipeline.options if test_pipeline else options, pipeline),
                     state=previous.prefix if previous else None)
     log.info("scanning %d file(s) matching %s (columns %s) with model %s (sha256 %s) into %s", len(files),
@@ -204,11 +209,12 @@ def run(argv: Sequence[str] | None = None, save_main_session: bool = True,
     changed, carried, removed = (listings | "CarryForward" >> CarryForward(previous, decoder) if previous
                                  else (listings, None, None))
     decoded, decode_errors = changed | "DecodeListings" >> DecodeListings(decoder)
-    handler = EcomatchModelHandler(args.model, thresholds, args.batch_size, args.model_copies,
+    handler = EcomatchModelHandler(args.model, args.batch_size, args.model_copies,
                                    args.torch_threads or local_worker_threads(options), device=args.device,
                                    precision=args.precision, compile=args.compile)
-    scored, score_errors = decoded | "ScoreListings" >> ScoreListings(handler)
-    verdicts = scored | "FlagViolations" >> FlagViolations()
+    scored, score_errors = decoded | "ScoreListings" >> ScoreListings(handler, policy)
+    searched = scored | "SearchSwaps" >> SearchSwaps(SwapSearchHandler(handler))
+    verdicts = searched | "FlagViolations" >> FlagViolations(policy)
     if previous:
         verdicts = (verdicts, carried) | "AllVerdicts" >> beam.Flatten()
     errors = (*failures, decode_errors, score_errors) | "MergeErrors" >> beam.Flatten()
@@ -216,7 +222,7 @@ def run(argv: Sequence[str] | None = None, save_main_session: bool = True,
     summary = reports | "WriteReports" >> WriteReports(info)
     # A step of the job, like summary.json, so that a launcher that does not wait (a template
     # launch) leaves nothing undone: it runs once summary.json is written.
-    _ = summary | "WriteHtmlReport" >> WriteHtmlReport(args.output, args.model, thresholds, decoder, files,
+    _ = summary | "WriteHtmlReport" >> WriteHtmlReport(args.output, args.model, policy, decoder, files,
                                                        read_columns, args.report_top)
 
     result = pipeline.run()

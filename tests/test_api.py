@@ -4,6 +4,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from conftest import threshold_policy
+
 from ecomatch_model import api, load
 from ecomatch_model.api import Matcher
 from ecomatch_model.checkpoint import save
@@ -23,9 +25,9 @@ def test_score_bytes_and_pil_agree(tiny_ckpt, tmp_path, red_jpeg):
         ("gender", "men", (1, 2)), ("colour", "red", (2, 3)), ("material", "cotton", (3, 4)), ("article_type", "shirt", (4, 5))]
     for x in a.attributes:
         assert 0 <= x.score <= 1 and x.attention.shape == (m.cfg.image.grid,) * 2
-        assert x.threshold == {"colour": 0.4}.get(x.kind, 0.5)
         assert x.suggestion in m.lexicon.values_of(x.kind) and x.suggestion != x.value
-    assert a.match_threshold == 0.1
+        assert not hasattr(x, "threshold")            # raw scores: the verdict is the policy's
+    assert not hasattr(a, "match_threshold") and not hasattr(m, "thresholds")
 
 
 def test_embeddings_normalised(tiny_ckpt, red_jpeg):
@@ -74,10 +76,10 @@ def test_unknown_model_name_is_clear():
         load("nope")
 
 
-def test_a_global_mismatch_is_blamed_on_the_attribute_whose_swap_restores_the_match(tiny_ckpt, red_jpeg, monkeypatch):
-    monkeypatch.setattr(api, "EXPLAIN_CANDIDATES", 1000)                   # every value (the cap: next test)
+def test_the_swap_search_finds_the_mention_whose_swap_restores_the_match(tiny_ckpt, red_jpeg, monkeypatch):
+    monkeypatch.setattr(api, "SWAP_CANDIDATES", 1000)                      # every value (the cap: next test)
     m = Matcher(tiny_ckpt, device="cpu")
-    m.thresholds = {**{k: 0.0 for k in m.lexicon.kinds}, "match": 0.99}    # only the global match can fail
+    policy = threshold_policy({**{k: 0.0 for k in m.lexicon.kinds}, "match": 0.99})   # only the match can fail
     title = "Ardent Men Red Cotton Shirt"
     img = m.embed_images([red_jpeg])[0]
     other = np.random.default_rng(0).normal(size=img.shape)
@@ -90,35 +92,37 @@ def test_a_global_mismatch_is_blamed_on_the_attribute_whose_swap_restores_the_ma
         return np.stack([img if word in t.split() else other for t in texts]).astype(np.float32)
 
     m.embed_texts = embed
-    s = m.score([red_jpeg], [title])[0]
-    assert s.match_fails and not s.failing()
+    [(s, verdict)] = m.assess([red_jpeg], [title], policy=policy)
+    assert policy.needs_swap_search(s)
     # Every mention swapped for every value of another group of its kind, one at a time.
     kinds = [a.kind for a in s.attributes]
     assert len(set(seen)) == sum(len(swap_values(m.lexicon, a.kind, a.value)) for a in s.attributes)
     assert "ardent men blue cotton shirt" in seen and "ardent women red cotton shirt" in seen
-    assert s.explained == kinds.index("colour") and s.explained_value == "blue" and s.culprit() == s.explained
-    assert s.explained_match == pytest.approx(1.0, abs=1e-5) and 0 <= s.explained_score <= 1
-    assert s.worst_kind == "colour"
+    [swap] = m.search_swaps(m.pixels([red_jpeg]), m.encode_texts([title]))
+    assert swap.index == kinds.index("colour") and swap.value == "blue" and swap.match == pytest.approx(1.0, abs=1e-5)
+    assert 0 <= swap.score <= 1
+    assert verdict.violation and verdict.culprit == swap.index and verdict.worst_kind == "colour"
 
     m.embed_texts = lambda texts: embed(texts, word="no-such-word")   # no single swap restores the match
-    s = m.score([red_jpeg], [title])[0]
-    assert s.explained is None and s.culprit() is None and s.worst_kind == "match"
+    [(_, verdict)] = m.assess([red_jpeg], [title], policy=policy)
+    assert verdict.culprit is None and verdict.worst_kind == "match"
 
-    m.thresholds["colour"] = 1.0                                        # a failing attribute: no swaps tried
+    # A failing attribute carries the strongest evidence: no swaps are tried.
+    strict = threshold_policy({**{k: 0.0 for k in m.lexicon.kinds}, "colour": 1.0, "match": 0.99})
     seen.clear()
-    s = m.score([red_jpeg], [title])[0]
-    assert s.worst_kind == "colour" and s.explained is None and not seen
+    [(_, verdict)] = m.assess([red_jpeg], [title], policy=strict)
+    assert verdict.worst_kind == "colour" and not seen
 
 
 def test_swaps_are_tried_for_the_values_aga_finds_likeliest(tiny_ckpt, red_jpeg, monkeypatch):
-    monkeypatch.setattr(api, "EXPLAIN_CANDIDATES", 3)
+    monkeypatch.setattr(api, "SWAP_CANDIDATES", 3)
     m = Matcher(tiny_ckpt, device="cpu")
-    m.thresholds = {**{k: 0.0 for k in m.lexicon.kinds}, "match": 0.99}
     title = "Ardent Men Red Cotton Shirt"
     seen: list[str] = []
     m.embed_texts = lambda texts: (seen.extend(texts), np.zeros((len(texts), m.cfg.embed_dim), np.float32))[1]
-    s = m.score([red_jpeg], [title])[0]
     enc = m.encode_texts([title])
+    [swap] = m.search_swaps(m.pixels([red_jpeg]), enc)
+    [s] = m.score([red_jpeg], [title])
     logits = m.forward(m.pixels([red_jpeg]), enc).attr_logits[0]
     j = [a.kind for a in s.attributes].index("colour")
     others = swap_values(m.lexicon, "colour", "red")
@@ -127,4 +131,4 @@ def test_swaps_are_tried_for_the_values_aga_finds_likeliest(tiny_ckpt, red_jpeg,
              if t.startswith("ardent men ") and t.endswith(" cotton shirt")}
     assert tried == set(top3) and len(set(seen)) == sum(min(3, len(swap_values(m.lexicon, a.kind, a.value)))
                                                          for a in s.attributes)
-    assert s.explained is None and s.worst_kind == "match"       # cosine 0 everywhere: nothing restores it
+    assert swap.match == 0.0                                     # cosine 0 everywhere: nothing restores it

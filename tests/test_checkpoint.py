@@ -14,7 +14,7 @@ def test_roundtrip_bit_exact(tiny_ckpt, tmp_path):
     a, b = tiny_ckpt.model.state_dict(), back.model.state_dict()
     assert a.keys() == b.keys()
     assert all(torch.equal(a[k], b[k]) for k in a)
-    assert back.thresholds == tiny_ckpt.thresholds and back.weights_sha256 == sha
+    assert back.policy == tiny_ckpt.policy and back.weights_sha256 == sha
     assert back.lexicon.values == tiny_ckpt.lexicon.values and back.vocab.words == tiny_ckpt.vocab.words
     assert sha in (tmp_path / "m" / "MODEL_CARD.md").read_text()
     # Saving again gives identical files.
@@ -88,3 +88,30 @@ def test_weights_file_is_not_a_pickle(tiny_ckpt, tmp_path):
     save(tiny_ckpt, str(tmp_path / "m"))
     head = (tmp_path / "m" / "weights.safetensors").read_bytes()[:16]
     assert not head.startswith(b"\x80") and not head.startswith(b"PK")  # not pickle, not a torch zip
+
+
+@pytest.mark.parametrize("edit, key", [
+    (lambda c: {**c, "cut": float("nan")}, "cut"),
+    (lambda c: {**c, "checks": {**c["checks"], "colour": {"x": [0.1, 0.5], "y": [-1.0, 1.0]}}}, "checks.colour.y"),
+    (lambda c: {**c, "checks": {**c["checks"], "size": {"x": [0.1], "y": [0.0]}}}, "checks.size: unknown kind"),
+    (lambda c: {**c, "prevalence": 2.0}, "prevalence"),
+])
+def test_a_bad_calibration_in_a_checkpoint_is_refused_naming_the_file_and_key(tiny_ckpt, tmp_path, edit, key):
+    import hashlib
+    import json
+    save(tiny_ckpt, str(tmp_path / "m"))
+    cal_path, manifest_path = tmp_path / "m" / "calibration.json", tmp_path / "m" / "manifest.json"
+    cal = edit(json.loads(cal_path.read_text()))
+    cal_path.write_text(json.dumps(cal))         # NaN is written as the literal NaN, as a careless tool would
+    manifest = json.loads(manifest_path.read_text())
+    manifest["sha256"]["calibration.json"] = hashlib.sha256(cal_path.read_bytes()).hexdigest()   # re-signed
+    manifest_path.write_text(json.dumps(manifest))
+    with pytest.raises(CheckpointError) as err:
+        load_checkpoint(str(tmp_path / "m"))
+    assert str(err.value).startswith(str(tmp_path / "m" / "calibration.json") + ": ") and key in str(err.value)
+
+
+def test_an_uncalibrated_checkpoint_loads_without_a_policy(tiny_ckpt, tmp_path):
+    tiny_ckpt.policy = None
+    save(tiny_ckpt, str(tmp_path / "m"))
+    assert not (tmp_path / "m" / "calibration.json").exists() and load_checkpoint(str(tmp_path / "m")).policy is None

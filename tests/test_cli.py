@@ -33,22 +33,31 @@ def test_model_package_never_imports_beam():
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
-def test_evaluate_at_a_thresholds_file(tiny_ckpt, tmp_path):
+def test_calibrate_then_evaluate_at_a_calibration_file(tiny_ckpt, tmp_path):
     import json
     from ecomatch_model.sample import write_sample
     save(tiny_ckpt, str(tmp_path / "m"))
-    write_sample(str(tmp_path / "data"), n=40, seed=3, mismatch_rate=0.0, shards=1, size=64)
+    write_sample(str(tmp_path / "data"), n=60, seed=3, mismatch_rate=0.0, shards=1, size=64)
     data = str(tmp_path / "data" / "*.parquet")
-    # Nothing can be flagged at these thresholds: recall 0, no false positives.
-    silent = {"match": -1.0, "colour": 0.0, "article_type": 0.0, "pattern": 0.0, "material": 0.0, "gender": 0.0}
-    (tmp_path / "t.json").write_text(json.dumps(silent))
+    cal = tmp_path / "cal.json"
+    assert main(["calibrate", "--model", str(tmp_path / "m"), "--data", data, "--review-budget", "500",
+                 "--write", str(cal)]) == 0
+    policy = json.loads(cal.read_text())
+    assert policy["operating_point"]["review_budget_per_10k"] == 500 and policy["operating_point"]["flags_per_10k"] <= 500
+    assert {"colour", "article_type", "match"} <= set(policy["checks"])
+    # The same curves with a cut no listing reaches: nothing flagged, the same ranking.
+    silent = {**policy, "cut": 1.0}
+    (tmp_path / "silent.json").write_text(json.dumps(silent))
     args = ["evaluate", "--model", str(tmp_path / "m"), "--data", data, "--queries", "5", "--negatives", "5"]
-    assert main([*args, "--json", str(tmp_path / "a.json")]) == 0
-    assert main([*args, "--thresholds", str(tmp_path / "t.json"), "--json", str(tmp_path / "b.json")]) == 0
+    assert main([*args, "--calibration", str(cal), "--json", str(tmp_path / "a.json")]) == 0
+    assert main([*args, "--calibration", str(tmp_path / "silent.json"), "--json", str(tmp_path / "b.json")]) == 0
     a, b = (json.loads((tmp_path / f).read_text()) for f in ("a.json", "b.json"))
-    assert b["thresholds"] == silent and b["thresholds_file"] == str(tmp_path / "t.json")
-    assert b["at_thresholds"]["recall"] == 0.0 and b["at_thresholds"]["false_positive_rate"] == 0.0
-    assert a["thresholds"]["colour"] == 0.4 and a["roc_auc"] == b["roc_auc"]    # AUCs need no thresholds
-    (tmp_path / "bad.json").write_text(json.dumps({"sparkle": 0.3}))
-    with pytest.raises(SystemExit, match="bad.json"):
-        main([*args, "--thresholds", str(tmp_path / "bad.json")])
+    assert b["calibration_file"] == str(tmp_path / "silent.json") and b["operating_point"]["cut"] == 1.0
+    assert b["detection"]["false_positive_rate"] == 0.0 and b["detection"]["overall"]["recall"] == 0.0
+    assert a["detection"]["cut"] == policy["cut"]
+    assert [v["roc_auc"] for v in a["detection"]["kinds"].values()] == \
+        [v["roc_auc"] for v in b["detection"]["kinds"].values()]              # the ranking needs no cut
+    assert set(a["detection"]["kinds"]) == {"colour", "article_type", "image"}
+    (tmp_path / "bad.json").write_text(json.dumps({**policy, "checks": {"sparkle": {"x": [0.0], "y": [0.0]}}}))
+    with pytest.raises(SystemExit, match="bad.json: checks.sparkle: unknown kind"):
+        main([*args, "--calibration", str(tmp_path / "bad.json")])

@@ -1,56 +1,71 @@
-import numpy as np
-import pytest
+"""Evaluation and calibration data: corruptions from the catalogue's own columns, and the
+data the policy is fitted on."""
+from __future__ import annotations
 
-from ecomatch_model.api import AttributeScore, ListingScore
-from ecomatch_model.evaluate import EvalSet, calibrate, detection_data, flags, kind_score
+import numpy as np
+
+from ecomatch_model.data import Listings
+from ecomatch_model.evaluate import COLOUR_FAMILIES, EvalSet, Variant, _replace_words, calibration_data, \
+    column_corruptions, recall_at_fpr
+from ecomatch_model.scores import AttributeScore, ListingScore
+
+
+def _listings() -> Listings:
+    titles = ["Ardent Men Navy Blue Cotton Tshirt", "Kestrel Women Red Dress", "Puma Men Black Casual Shoes",
+              "Titan Women Silver Watch"]
+    cols = {"base_colour": ["Navy Blue", "Red", "Black", "Silver"],
+            "article_type": ["Tshirts", "Dresses", "Casual Shoes", "Watches"],
+            "sub_category": ["Topwear", "Dress", "Shoes", "Watches"],
+            "gender": ["Men", "Women", "Men", "Women"]}
+    return Listings(["a", "b", "c", "d"], titles, [b"x"] * 4, cols)
+
+
+def test_replace_words_keeps_number_and_whole_words():
+    assert _replace_words("Ardent Men Navy Blue Tshirt", "Navy Blue", "Red") == "Ardent Men Red Tshirt"
+    assert _replace_words("Ardent Men Navy Blue Tshirt", "Tshirts", "Watches") == "Ardent Men Navy Blue Watch"
+    assert _replace_words("Kestrel Women Red Dress", "Men", "Women") == "Kestrel Women Red Dress"
+    assert _replace_words("Kestrel Men Red Dress", "men", "Women") == "Kestrel Women Red Dress"
+
+
+def test_column_corruptions_change_family_group_and_photo():
+    listings = _listings()
+    variants = column_corruptions(listings, np.random.default_rng(0), ("colour", "article_type", "image", "gender"))
+    by = {(v.kind, v.row): v for v in variants}
+    assert {k for k, _ in by} == {"colour", "article_type", "image", "gender"}
+    for (kind, i), v in by.items():
+        old = listings.rows()[i]
+        if kind == "colour":
+            new = v.columns["base_colour"]
+            assert not COLOUR_FAMILIES[new.lower()] & COLOUR_FAMILIES[old["base_colour"].lower()]
+            assert new in v.title and v.image_row == i
+        elif kind == "article_type":
+            j = listings.column("article_type").index(v.columns["article_type"])
+            assert listings.column("sub_category")[j] != old["sub_category"] and v.image_row == i
+        elif kind == "image":
+            assert listings.column("sub_category")[v.image_row] != old["sub_category"] and v.title == listings.titles[i]
+        else:
+            assert v.columns["gender"] == {"Men": "Women", "Women": "Men"}[old["gender"]]
+    # Navy Blue and Black are of other families; Silver's family (grey) shares none with them.
+    assert by[("colour", 0)].title.startswith("Ardent Men ") and "Navy" not in by[("colour", 0)].title
 
 
 def _ls(match, *attrs):
-    return ListingScore(match, 0.2, [AttributeScore(k, v, (0, 1), s, t, "", 0.0, np.zeros((2, 2))) for k, v, s, t in attrs])
+    return ListingScore(match, [AttributeScore(k, v, (0, 1), s, "", 0.0, np.zeros((2, 2))) for k, v, s in attrs])
 
 
-def test_flagging_rule_and_worst_kind():
-    ok = _ls(0.5, ("colour", "red", 0.9, 0.5), ("article_type", "shirt", 0.8, 0.3))
-    assert not ok.flagged and ok.worst_kind is None and ok.failing() == []
-    bad = _ls(0.5, ("colour", "red", 0.45, 0.5), ("article_type", "shirt", 0.1, 0.3), ("pattern", "striped", 0.2, 0.6))
-    assert bad.flagged and bad.failing() == [2, 1, 0] and bad.worst_kind == "pattern"
-    only_match = _ls(0.1, ("colour", "red", 0.9, 0.5))
-    assert only_match.flagged and only_match.worst_kind == "match"
-    # What-if thresholds, as calibration uses them.
-    assert flags(ok, {"colour": 0.95}) and not flags(bad, {"colour": 0.1, "article_type": 0.0, "pattern": 0.0})
+def test_calibration_data_pairs_changed_mentions_with_unmodified_ones():
+    clean = [_ls(0.6, ("colour", "red", 0.9), ("article_type", "dress", 0.8))]
+    corrupted = [_ls(0.5, ("colour", "blue", 0.2), ("colour", "red", 0.7), ("article_type", "dress", 0.8)),
+                 _ls(0.1, ("colour", "red", 0.5))]
+    variants = [Variant("colour", 0, "t", {}, 0), Variant("image", 0, "t", {}, 1)]
+    data = calibration_data(EvalSet(None, clean, variants, corrupted))
+    assert data.check_neg == {"match": [0.6], "colour": [0.9], "article_type": [0.8]}
+    assert data.check_pos == {"match": [0.1], "colour": [0.2]}
+    assert [k for k, _ in data.corrupted] == ["colour", "image"]
 
 
-def test_kind_score_takes_lowest_mention():
-    s = _ls(0.3, ("colour", "red", 0.9, 0.5), ("colour", "blue", 0.2, 0.5))
-    assert kind_score(s, "colour") == 0.2 and kind_score(s, "image") == 0.3 and kind_score(s, "pattern") is None
-
-
-def _ev(clean_colour, clean_match):
-    clean = [_ls(m, ("colour", "red", c, 0.5)) for c, m in zip(clean_colour, clean_match)]
-    n = len(clean)
-    return EvalSet(None, None, clean, {
-        "colour": (np.arange(n), [_ls(0.9, ("colour", "blue", 0.1, 0.5))] * n, np.zeros(n, int)),
-        "image": (np.arange(n), [_ls(0.1, ("colour", "red", 0.9, 0.5))] * n, np.full(n, -1))})
-
-
-def test_calibrate_caps_each_kind_at_its_own_precision():
-    ev = _ev([0.9, 0.8, 0.7, 0.35], [0.6] * 4)
-    labels, score = detection_data(ev, "colour")
-    assert labels.tolist() == [1, 1, 1, 1, 0, 0, 0, 0] and score.tolist()[:4] == [0.1] * 4
-    # Colour: every corrupted copy (0.1) below every clean one: the cap is (0.1 + 0.35) / 2.
-    assert calibrate(ev, 0.9) == pytest.approx({"colour": 0.225, "match": 0.35})
-
-
-def test_calibrate_keeps_union_precision():
-    # Listing 0 has a low colour score, listing 9 a low match: alone each kind reaches 0.9
-    # precision at 0.55 (10 of 11), but together they would flag two clean listings.
-    ev = _ev([0.2] + [0.9] * 9, [0.9] * 9 + [0.2])
-    assert calibrate(ev, 0.9) == pytest.approx({"colour": 0.2, "match": 0.2})
-    mixed_flags = [flags(s, calibrate(ev, 0.9)) for s in ev.clean]
-    assert not any(mixed_flags)
-
-
-def test_calibrate_disables_blind_kinds():
-    ev = _ev([0.9] * 4, [0.6] * 4)
-    ev.corrupted["colour"] = (np.arange(4), [_ls(0.9, ("colour", "blue", 0.9, 0.5))] * 4, np.zeros(4, int))
-    assert calibrate(ev, 0.9)["colour"] == 0.0
+def test_recall_at_fpr_never_exceeds_the_false_positive_budget():
+    p0 = np.linspace(0, 1, 200)
+    p1 = np.array([0.999, 0.995, 0.5])
+    assert recall_at_fpr(p0, p1, 0.01) == 2 / 3            # two clean listings above the cut at most
+    assert (p0 > np.sort(p0)[::-1][2]).mean() <= 0.01

@@ -51,7 +51,8 @@ def test_explain_command_draws_one_panel_per_attribute(tmp_path: Path, model_dir
     assert cli.main(["explain", "--model", model_dir, "--image", str(tmp_path / "shirt.jpg"), "--title", title,
                      "--out", str(out)]) == 0
     printed = capsys.readouterr().out.splitlines()
-    kinds = [line.split(":")[0].strip() for line in printed[1:-1]]
+    assert printed[0].startswith("p_violation ") and printed[-1] == f"written to {out}"
+    kinds = [line.split(":")[0].strip() for line in printed[1:-1] if not line.startswith("  - ")]
     assert sorted(kinds) == ["article_type", "colour", "gender", "material"]
     assert 'title: "Navy Blue"' in next(line for line in printed if line.strip().startswith("colour"))
     with Image.open(out) as picture:

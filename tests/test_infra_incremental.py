@@ -98,23 +98,23 @@ def test_new_model_rescans_everything(catalogue: pa.Table, model_dir: str, tiny_
 def test_state_is_used_only_when_complete_and_alike(catalogue: pa.Table, model_dir: str, tmp_path: Path):
     scan(tmp_path, catalogue, "a", model_dir)
     summary = read_summary(str(tmp_path / "a"))
-    sha, thresholds = summary["model"]["sha256"], summary["thresholds"]
-    previous, why = previous_run(str(tmp_path / "a"), sha, thresholds)
+    sha, calibration = summary["model"]["sha256"], summary["calibration"]["sha256"]
+    previous, why = previous_run(str(tmp_path / "a"), sha, calibration)
     assert why == "" and previous.prefix == str(tmp_path / "a") and len(previous.scores) >= 1
-    assert previous_run(str(tmp_path / "a"), sha, {**thresholds, "match": 0.5})[0] is None
-    assert previous_run(str(tmp_path / "a"), "f" * 64, thresholds)[1].startswith("it was scanned with another model")
+    assert previous_run(str(tmp_path / "a"), sha, "0" * 64) == (None, "it was scanned with another calibration")
+    assert previous_run(str(tmp_path / "a"), "f" * 64, calibration)[1].startswith("it was scanned with another model")
     # A run made under other scoring rules (here: before the version was recorded) is rescanned.
     assert summary["scoring_rules"] == SCORING_RULES
     older = tmp_path / "older"
     shutil.copytree(tmp_path / "a", older)
     del summary["scoring_rules"]
     (older / "summary.json").write_text(json.dumps(summary))
-    assert previous_run(str(older), sha, thresholds) == (
+    assert previous_run(str(older), sha, calibration) == (
         None, f"it was scanned under other scoring rules (version 1; this scan's is {SCORING_RULES})")
     (tmp_path / "broken").mkdir()
     (tmp_path / "broken" / "summary.json").write_text("{}")
     for incomplete in ("missing", "broken"):
-        assert previous_run(str(tmp_path / incomplete), sha, thresholds) == (
+        assert previous_run(str(tmp_path / incomplete), sha, calibration) == (
             None, "it holds no complete run (no readable summary.json)")
     with pytest.raises(ScanConfigError, match="--state must be an earlier run"):
         run(["--input", "x.parquet", "--output", str(tmp_path / "a"), "--state", str(tmp_path / "a") + "/"])

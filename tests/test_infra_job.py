@@ -20,7 +20,7 @@ from pipeline_fixtures import BUCKET, emulator, gcs  # noqa: F401 (fixtures)
 from ecomatch_model import load
 from ecomatch_model.sample import make_listings
 from infra import launch
-from transforms.flag import MATCH
+from ecomatch_model.verdict import describe
 from transforms.reports import SCORING_RULES
 
 IMAGE = "us-central1-docker.pkg.dev/shop-prod/ecomatch/worker:0123456789ab"
@@ -31,10 +31,10 @@ def test_launch_writes_gpu_job_without_submitting(gcs: gcsfs.GCSFileSystem, tmp_
     with gcs.open(f"{BUCKET}/catalogue/listings-0.parquet", "wb") as f:
         pq.write_table(make_listings(4, seed=3, size=48), f)
     gcs.pipe(f"{BUCKET}/reports/2026-11-26/summary.json", b"{}")      # an earlier run of the same night
-    # Yesterday's complete run, with the same model and thresholds: its verdicts can be carried forward.
+    # Yesterday's complete run, with the same model and calibration: its verdicts can be carried forward.
     model = load("default", device="cpu")
     gcs.pipe(f"{BUCKET}/reports/2026-11-25/summary.json", json.dumps({
-        "model": {"sha256": model.sha256}, "thresholds": {k: model.threshold(k) for k in [MATCH, *model.lexicon.kinds]},
+        "model": {"sha256": model.sha256}, "calibration": describe(model.policy, "checkpoint"),
         "scoring_rules": SCORING_RULES,
         "files": {"scores": ["scores/part-00000-of-00001.parquet"],
                   "violations": ["violations/part-00000-of-00001.parquet"]}}).encode())

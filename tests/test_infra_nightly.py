@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import calibration_summary
 
 from infra.nightly import Bounds, expand_dates, main, summary_problems
 from transforms.reports import ScanInfo, read_summary, write_summary
@@ -20,7 +21,7 @@ EVENTS = {"read": 1000, "scored": 990, "ok": 940, "violation": 50, "kind:colour"
 def write_run(prefix: Path, events: dict[str, int] = EVENTS, seconds: float = 10.0) -> dict:
     """A finished run's summary.json under ``prefix``, ``seconds`` long, as the scan writes it."""
     info = ScanInfo(input="gs://catalogue/*.parquet", input_files=2, output=str(prefix), model_name="base",
-                    model_sha256="0" * 64, thresholds={"match": 0.2, "colour": 0.5}, kinds=["colour"],
+                    model_sha256="0" * 64, calibration=calibration_summary({"match": 0.2, "colour": 0.5}), kinds=["colour"],
                     runner="DataflowRunner", started_at=time.time() - seconds)
     prefix.mkdir(parents=True, exist_ok=True)
     write_summary(events, info, [], [], [])

@@ -27,7 +27,7 @@ GOOD = {
               "gs://abc/x"],
     "output": ["gs://reports/scan/{date}", "gs://reports/scan/2026-11-26/", "gs://a-b/c"],
     "model": ["default", "gs://models/ecomatch/base-v2", "gs://models/ecomatch/base-v2/"],
-    "thresholds": ["gs://models/ecomatch/thresholds.json", "gs://cfg/{date}/t.json"],
+    "calibration": ["gs://models/ecomatch/calibration.json", "gs://cfg/{date}/t.json"],
     "state": ["gs://reports/scan/{yesterday}", "gs://reports/scan/2026-11-25"],
 }
 BAD = {
@@ -36,7 +36,7 @@ BAD = {
     "output": ["", "gs://reports", "gs://reports/", "gs://reports/scan/*", "gs://reports/scan[1]",
                "/tmp/reports", "gs://reports/scan out", "gs://-reports/scan"],
     "model": ["", "tiny", "base", "Default", "/models/base", "default ", "gs://models", "gs://models/*"],
-    "thresholds": ["", "thresholds.json", "gs://cfg/thresholds.yaml", "gs://cfg/.json.bak", "gs://cfg"],
+    "calibration": ["", "calibration.json", "gs://cfg/calibration.yaml", "gs://cfg/.json.bak", "gs://cfg"],
     "state": ["", "gs://reports", "gs://reports/scan/*", "/tmp/reports/2026-11-25", "gs://reports/a b"],
 }
 

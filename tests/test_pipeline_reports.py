@@ -8,6 +8,7 @@ from pathlib import Path
 import apache_beam as beam
 import pyarrow.parquet as pq
 import pytest
+from conftest import calibration_summary
 from apache_beam.testing.util import assert_that, equal_to
 from pipeline_fixtures import fn_api_pipeline
 
@@ -24,7 +25,8 @@ ERR = ErrorRecord("c", "in/x.parquet", "decode", "ImageDecodeError", "cannot ide
 
 
 def info(out: Path) -> ScanInfo:
-    return ScanInfo("in/*.parquet", 1, str(out), "tiny", "abc", {"match": 0.2, "colour": 0.4}, KINDS, "FnApiRunner")
+    return ScanInfo("in/*.parquet", 1, str(out), "tiny", "abc", calibration_summary({"match": 0.2, "colour": 0.4}), KINDS,
+                    "FnApiRunner")
 
 
 def test_summary_counts_reconcile():
@@ -80,8 +82,9 @@ def test_write_reports_layout(tmp_path: Path):
                                                          "material": 0, "gender": 0},
                                  "errors_per_type": {"ImageDecodeError": 1}}
     assert summary["files"] == {d: [f"{d}/part-00000-of-00001.parquet"] for d in ("errors", "scores", "violations")}
-    assert {k: summary[k] for k in ("model", "thresholds", "scoring_rules", "input", "output", "runner")} == {
-        "model": {"name": "tiny", "sha256": "abc"}, "thresholds": {"match": 0.2, "colour": 0.4}, "scoring_rules": 2,
+    assert {k: summary[k] for k in ("model", "calibration", "scoring_rules", "input", "output", "runner")} == {
+        "model": {"name": "tiny", "sha256": "abc"}, "calibration": calibration_summary({"match": 0.2, "colour": 0.4}),
+        "scoring_rules": 3,
         "input": {"pattern": "in/*.parquet", "files": 1}, "output": str(out), "runner": "FnApiRunner"}
     assert summary["started_at"] <= summary["finished_at"] and summary["listings_per_second"] > 0
 

@@ -7,12 +7,15 @@ from apache_beam.testing.util import BeamAssertException, assert_that, equal_to
 from pipeline_fixtures import ATTRS, fn_api_pipeline, image
 from pipeline_fixtures import matcher_fixture, model_dir_fixture  # noqa: F401 (fixtures)
 
-from ecomatch_model.api import ListingScore
+from conftest import threshold_policy
+
 from ecomatch_model.preprocess import ImageDecodeError
+from ecomatch_model.scores import ListingScore
 from transforms.decode import DecodedListing, ListingDecoder
 from transforms.errors import ErrorRecord, exception_message
 from transforms.listings import RawListing
-from transforms.score import EcomatchModelHandler, ScoreListings, stack_batch
+from transforms.score import (EcomatchModelHandler, ScoredListing, ScoreListings, SearchSwaps, SwapSearchHandler,
+                              stack_batch)
 
 TITLES = ["Ardent Men Red Cotton T-Shirt", "Kestrel Women Navy Blue Dress", "Kestrel Women Dress"]
 COLOURS = [(200, 30, 30), (20, 30, 120), (240, 240, 240)]
@@ -25,9 +28,8 @@ def decoded_listings(matcher) -> list[DecodedListing]:
 
 
 def assert_close(a: ListingScore, b: ListingScore) -> None:
-    assert np.isclose(a.match, b.match, atol=1e-5) and a.match_threshold == b.match_threshold
-    assert [(x.kind, x.value, x.threshold, x.suggestion) for x in a.attributes] == \
-        [(x.kind, x.value, x.threshold, x.suggestion) for x in b.attributes]
+    assert np.isclose(a.match, b.match, atol=1e-5)
+    assert [(x.kind, x.value, x.suggestion) for x in a.attributes] == [(x.kind, x.value, x.suggestion) for x in b.attributes]
     assert np.allclose([x.score for x in a.attributes], [x.score for x in b.attributes], atol=1e-5)
 
 
@@ -43,15 +45,13 @@ def test_stack_batch_pads_to_a_fixed_shape(matcher):
 
 def test_handler_scores_like_the_python_api(matcher, model_dir):
     xs = decoded_listings(matcher)
-    handler = EcomatchModelHandler(model_dir, {"colour": 0.25}, batch_size=8)
+    handler = EcomatchModelHandler(model_dir, batch_size=8)
     model = handler.load_model()
     results = list(handler.run_inference(xs, model))
     assert [r.example for r in results] == xs
-    matcher.thresholds["colour"] = 0.25
     direct = matcher.score([image(colour=c) for c in COLOURS], TITLES, [[], [], [("colour", "red")]])
     for r, d in zip(results, direct):
         assert_close(r.inference, d)
-    assert any(a.kind == "colour" and a.threshold == 0.25 for r in results for a in r.inference.attributes)
 
 
 def test_scores_do_not_depend_on_the_batch(matcher, model_dir):
@@ -88,7 +88,7 @@ def test_score_listings_outputs_every_listing(matcher, model_dir):
             assert_close(s.score, expected[lid])
 
     with fn_api_pipeline() as p:
-        scored, errors = p | beam.Create(xs) | ScoreListings(handler)
+        scored, errors = p | beam.Create(xs) | ScoreListings(handler, threshold_policy({"match": -1.0}))
         assert_that(scored, check, label="Scored")
         assert_that(errors, equal_to([]), label="NoErrors")
 
@@ -103,10 +103,57 @@ class BrokenHandler(EcomatchModelHandler):
 def test_a_failed_batch_becomes_one_error_per_listing(matcher, model_dir):
     xs = decoded_listings(matcher)
     with fn_api_pipeline() as p:
-        scored, errors = p | beam.Create(xs) | ScoreListings(BrokenHandler(model_dir, batch_size=2))
+        scored, errors = p | beam.Create(xs) | ScoreListings(BrokenHandler(model_dir, batch_size=2),
+                                                             threshold_policy({"match": -1.0}))
         assert_that(scored, equal_to([]), label="NothingScored")
         assert_that(errors, equal_to([ErrorRecord(x.listing_id, "s.parquet", "score", "RuntimeError", "device lost")
                                       for x in xs]), label="Errors")
+
+
+def test_search_swaps_runs_only_for_the_listings_the_policy_asks_about(matcher, model_dir):
+    xs = decoded_listings(matcher)
+    handler = EcomatchModelHandler(model_dir, batch_size=4)
+    model = handler.load_model()
+    strict = threshold_policy({"match": 1.5})           # every listing fails the match alone: all are searched
+    lenient = threshold_policy({"match": -1.5})         # none is a violation: none is searched
+    raw = [r.inference for r in handler.run_inference(xs, model)]
+    asked = [ScoredListing(x.listing_id, x.source, x.content_hash, list(x.origins), s,
+                           decoded=x if strict.needs_swap_search(s) else None) for x, s in zip(xs, raw)]
+    assert [a.decoded is not None for a in asked] == [bool(x.mentions) for x in xs]
+    expected = dict(zip((x.listing_id for x in xs),
+                        matcher.search_swaps(stack_batch(xs, 8).pixels, stack_batch(xs, 8).text, len(xs))))
+
+    def check(actual) -> None:
+        got = {s.listing_id: s for s in actual}
+        assert sorted(got) == sorted(expected) and all(s.decoded is None for s in got.values())
+        for lid, s in got.items():
+            want = expected[lid] if next(x for x in xs if x.listing_id == lid).mentions else None
+            assert (s.swap is None) == (want is None)
+            if want is not None:
+                assert (s.swap.index, s.swap.value) == (want.index, want.value)
+                assert np.isclose(s.swap.match, want.match, atol=1e-5)
+
+    with fn_api_pipeline() as p:
+        out = p | beam.Create(asked) | SearchSwaps(SwapSearchHandler(handler))
+        assert_that(out, check)
+    assert not any(lenient.needs_swap_search(s) for s in raw)
+
+
+class BrokenSwapHandler(SwapSearchHandler):
+    def run_inference(self, batch, model, inference_args=None):
+        raise RuntimeError("device lost")
+
+
+def test_a_failed_swap_search_keeps_the_listings_without_a_swap(matcher, model_dir):
+    xs = decoded_listings(matcher)
+    handler = EcomatchModelHandler(model_dir, batch_size=4)
+    raw = [r.inference for r in handler.run_inference(xs, handler.load_model())]
+    asked = [ScoredListing(x.listing_id, x.source, x.content_hash, list(x.origins), s, decoded=x)
+             for x, s in zip(xs, raw)]
+    with fn_api_pipeline() as p:
+        out = p | beam.Create(asked) | SearchSwaps(BrokenSwapHandler(handler))
+        assert_that(out | beam.Map(lambda s: (s.listing_id, s.swap, s.decoded)),
+                    equal_to([(x.listing_id, None, None) for x in xs]))
 
 
 def test_exception_message_takes_the_last_traceback_line():

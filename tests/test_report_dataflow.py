@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
+from conftest import write_policy
 from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.runners.runner import PipelineState
 from apache_beam.runners.worker import statesampler
@@ -35,18 +36,16 @@ def report_writers(monkeypatch) -> list[str | None]:
 
 
 def all_fail(tmp_path: Path, model_dir: str) -> str:
-    """A thresholds file every listing fails, so that every one is a violation."""
+    """A calibration file every listing fails, so that every one is a violation."""
     kinds = json.loads((Path(model_dir) / "lexicon.json").read_text())["kinds"]
-    path = tmp_path / "t.json"
-    path.write_text(json.dumps({"match": 1, **{k["kind"]: 1 for k in kinds}}))
-    return str(path)
+    return write_policy(tmp_path / "t.json", {"match": 1.5, **{k["kind"]: 1.5 for k in kinds}})
 
 
 def test_the_job_writes_the_report_in_its_own_step(tmp_path: Path, model_dir, report_writers):
     sample_shards(tmp_path / "in", 6, 2)
     out = tmp_path / "out"
     result = pipelines.scan.run(["--input", str(tmp_path / "in" / "*.parquet"), "--output", str(out),
-                                 "--model", model_dir, "--thresholds", all_fail(tmp_path, model_dir),
+                                 "--model", model_dir, "--calibration", all_fail(tmp_path, model_dir),
                                  "--report-top", "4", "--runner", "FnApiRunner"], save_main_session=False)
     assert result.state == PipelineState.DONE
     [step] = report_writers
@@ -71,7 +70,7 @@ def test_a_launch_that_does_not_wait_leaves_nothing_to_write_afterwards(tmp_path
     sample_shards(tmp_path / "in", 4, 1)
     out = tmp_path / "out"
     pipelines.scan.run(["--input", str(tmp_path / "in" / "*.parquet"), "--output", str(out), "--model", model_dir,
-                        "--thresholds", all_fail(tmp_path, model_dir), "--runner", "FnApiRunner",
+                        "--calibration", all_fail(tmp_path, model_dir), "--runner", "FnApiRunner",
                         "--template_location", str(tmp_path / "job.json")], save_main_session=False)
     assert len(report_writers) == 1 and report_writers[0].startswith("WriteHtmlReport")
     assert json.loads((out / "summary.json").read_text())["counts"]["violations"] == 4

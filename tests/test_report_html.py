@@ -19,6 +19,7 @@ from hostile import corrupt_page
 from PIL import Image
 from pipeline_fixtures import image, listings_table, matcher_fixture, mixed_rows, model_dir_fixture  # noqa: F401
 from test_pipeline_scan import sample_shards, scan
+from conftest import calibration_summary, write_policy
 
 from ecomatch_model.api import Matcher
 from transforms.decode import ListingDecoder
@@ -59,9 +60,9 @@ def noise_png(rng: np.random.Generator, size: int = 400) -> bytes:
 
 def violation_row(i: int, severity: float) -> dict[str, Any]:
     kind = ("colour", "pattern", "match")[i % 3]
-    finding = {"colour": [{"kind": "colour", "value": "red", "score": 0.1, "threshold": 0.4,
+    finding = {"colour": [{"kind": "colour", "value": "red", "score": 0.1, "p_contradicted": 0.9,
                            "suggested_value": "navy blue", "suggested_score": 0.8}],
-               "pattern": [{"kind": "pattern", "value": "striped", "score": 0.2, "threshold": 0.5,
+               "pattern": [{"kind": "pattern", "value": "striped", "score": 0.2, "p_contradicted": 0.8,
                             "suggested_value": None, "suggested_score": None}],
                "match": []}[kind]
     return {"listing_id": f"L{i:04d}", "severity": severity, "match_score": -0.3, "worst_kind": kind,
@@ -101,7 +102,7 @@ def fake_scan(tmp: Path, matcher: Matcher) -> tuple[Path, list[str], list[dict],
     events = {"read": len(scores) + len(errors), "scored": len(scores), "ok": N_OK, "violation": N_VIOLATIONS,
               "errors": len(errors), **{f"kind:{k}": N_VIOLATIONS // 3 for k in ("colour", "pattern", "match")},
               **{f"error:{t}": n for t, n in ERROR_COUNTS.items()}}
-    info = ScanInfo("in/*.parquet", 2, str(out), "tiny", matcher.sha256, {"match": 0.1, "colour": 0.4},
+    info = ScanInfo("in/*.parquet", 2, str(out), "tiny", matcher.sha256, calibration_summary({"match": 0.1, "colour": 0.4}),
                     matcher.lexicon.kinds, "FnApiRunner")
     write_summary(events, info, paths["scores"], paths["violations"], paths["errors"])
 
@@ -133,7 +134,8 @@ def fake_scan(tmp: Path, matcher: Matcher) -> tuple[Path, list[str], list[dict],
 def test_report_is_escaped_bounded_exact_and_built_from_the_outputs(tmp_path: Path, matcher, caplog):
     prefix, files, top, roles = fake_scan(tmp_path, matcher)
     decoder = ListingDecoder.from_matcher(matcher, {"base_colour": "colour"})
-    path = write_report(str(prefix), matcher, decoder, files, ["listing_id", "title", "image", "base_colour"], TOP)
+    path = write_report(str(prefix), matcher, matcher.policy, decoder, files, ["listing_id", "title", "image", "base_colour"],
+                        TOP)
     assert f"row group 2 of {files[0]} cannot be read" in caplog.text
     page_bytes = Path(path).read_bytes()
     page = page_bytes.decode("utf-8")
@@ -225,10 +227,10 @@ def test_scan_writes_the_report_with_report_top_cards(tmp_path: Path, model_dir,
     sample_shards(tmp_path / "in", 8, 1)
     pq.write_table(listings_table(mixed_rows(tmp_path)), tmp_path / "in" / "mixed.parquet")
     kinds = json.loads((Path(model_dir) / "lexicon.json").read_text())["kinds"]
-    (tmp_path / "t.json").write_text(json.dumps({"match": 1, **{k["kind"]: 1 for k in kinds}}))  # all fail
+    all_fail = write_policy(tmp_path / "t.json", {"match": 1.5, **{k["kind"]: 1.5 for k in kinds}})
     out = tmp_path / "out"
     assert scan("--input", str(tmp_path / "in" / "*.parquet"), "--output", str(out), "--model", model_dir,
-                "--thresholds", str(tmp_path / "t.json"), "--report-top", "2") == 0
+                "--calibration", all_fail, "--report-top", "2") == 0
     assert f"report:     {out}/report.html" in capsys.readouterr().out
     summary = json.loads((out / "summary.json").read_text())
     assert summary["counts"]["violations"] == 11

@@ -5,14 +5,16 @@ launcher of a template launch returns before the job runs, so nothing may be lef
 
 It is built from the scan's written outputs, never from the scan's memory:
 
-- ``summary.json``: counts, violations per kind, model, thresholds, time and throughput;
+- ``summary.json``: counts, violations per kind, model, calibration and operating point,
+  time and throughput;
 - ``scores/*.parquet``, severity column only, streamed: the severity histogram;
 - ``violations/*.parquet``, streamed through a heap of the top N by severity: the cards;
 - the input shards, read by the scan's own reader (``transforms.listings.read_row_group``):
   per row group only ``listing_id`` is read, and only the row groups holding one of the N
   listings are read in full; those listings are decoded
   and re-scored with the model (exactly as the scan did) for their image, attention maps
-  and title spans, and the layout of ``violations/`` stays as it is;
+  and title spans, and the layout of ``violations/`` stays as it is; the verdict policy
+  (``ecomatch_model.verdict``, the scan's own) states each check's probability;
 - ``errors/*.parquet``, streamed until every error type has a few examples.
 
 Its size is bounded whatever the scan's size: N cards at most, at most
@@ -39,13 +41,14 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
-from ecomatch_model.api import ListingScore, Matcher, load
+from ecomatch_model.api import Matcher, load
 from ecomatch_model.explain import overlay_heatmap, pixels_image
+from ecomatch_model.scores import ListingScore
 from ecomatch_model.text import word_offsets
+from ecomatch_model.verdict import MATCH, Policy
 from PIL import Image
 
 from .decode import DecodedListing, ListingDecoder
-from .flag import MATCH
 from .errors import redact
 from .listings import InputSchemaError, RawListing, UnreadableInputError, file_row_groups, read_row_group
 from .reports import ERRORS, REPORT, SCORES, VIOLATIONS, read_summary
@@ -311,12 +314,14 @@ def title_html(title: str, spans: Sequence[tuple[int, int]], limit: int = MAX_TE
     return "".join(parts) + ("\u2026" if len(title) > limit else "")
 
 
-def meter_svg(score: float, threshold: float, low: float = 0.0, high: float = 1.0, width: int = 110) -> str:
-    """A score bar on [low, high] with a tick at the threshold, red when below it."""
+def meter_svg(score: float, threshold: float, low: float = 0.0, high: float = 1.0, width: int = 110,
+              invert: bool = False) -> str:
+    """A score bar on [low, high] with a tick at the threshold, red when below it (``invert``:
+    when at or above it, as for a probability of a contradiction against the verdict cut)."""
     def x(v: float) -> float:
         return round(width * min(max((v - low) / (high - low), 0.0), 1.0), 1)
 
-    colour = "#c62828" if score < threshold else "#2e7d32"
+    colour = "#c62828" if (score >= threshold if invert else score < threshold) else "#2e7d32"
     return (f'<svg width="{width}" height="10" role="img" aria-label="score {score:.2f}, threshold {threshold:.2f}">'
             f'<rect width="{width}" height="10" fill="#e3e5e8"/><rect width="{x(score)}" height="10" fill="{colour}"/>'
             f'<rect x="{max(x(threshold) - 1, 0)}" width="2" height="10" fill="#111"/></svg>')
@@ -336,22 +341,23 @@ def bar_chart_svg(counts: Mapping[str, int], width: int = 420) -> str:
     return "".join(parts) + "</svg>"
 
 
-def histogram_svg(bins: Sequence[int], width: int = 420, height: int = 150) -> str:
-    """Equal bins over [0, 1] as vertical bars on a square-root scale (so that a few
-    violations show beside many ok listings); bins at or above 0.5 (violations) in red, a
-    line at 0.5, the count of each bin in its tooltip."""
+def histogram_svg(bins: Sequence[int], cut: float, width: int = 420, height: int = 150) -> str:
+    """Equal bins of p_violation over [0, 1] as vertical bars on a square-root scale (so that
+    a few violations show beside many ok listings); bins above the verdict ``cut`` in red, a
+    line at the cut, the count of each bin in its tooltip."""
     k, top, plot_h = len(bins), max([*bins, 1]), height - 22
     bw = width / max(k, 1)
     parts = [f'<svg width="{width}" height="{height}" role="img" aria-label="severity histogram">']
     for i, n in enumerate(bins):
         h = round(plot_h * (n / top) ** 0.5, 1)
-        colour = "#c62828" if i / k >= 0.5 else "#78909c"
+        colour = "#c62828" if (i + 1) / k > cut else "#78909c"
         parts.append(f'<rect x="{i * bw + 1:.1f}" y="{plot_h - h}" width="{bw - 2:.1f}" height="{h}" fill="{colour}">'
-                     f'<title>severity {i / k:.2f}-{(i + 1) / k:.2f}: {n}</title></rect>')
-    parts.append(f'<line x1="{width / 2}" y1="0" x2="{width / 2}" y2="{plot_h}" stroke="#111" stroke-dasharray="3"/>'
-                 f'<text x="0" y="{height - 6}" font-size="12">0 (ok)</text>'
-                 f'<text x="{width / 2 - 40}" y="{height - 6}" font-size="12">0.5 threshold</text>'
-                 f'<text x="{width - 60}" y="{height - 6}" font-size="12">1 (worst)</text>')
+                     f'<title>p_violation {i / k:.2f}-{(i + 1) / k:.2f}: {n}</title></rect>')
+    x = round(width * min(max(cut, 0.0), 1.0), 1)
+    parts.append(f'<line x1="{x}" y1="0" x2="{x}" y2="{plot_h}" stroke="#111" stroke-dasharray="3"/>'
+                 f'<text x="0" y="{height - 6}" font-size="12">0</text>'
+                 f'<text x="{min(x + 4, width - 90)}" y="{height - 6}" font-size="12">cut {cut:.3f}</text>'
+                 f'<text x="{width - 14}" y="{height - 6}" font-size="12">1</text>')
     return "".join(parts) + "</svg>"
 
 
@@ -363,11 +369,10 @@ def _score_note(score: float | None) -> str:
     return "" if score is None else f" ({score:.2f})"
 
 
-def card_html(rank: int, row: Mapping[str, Any], evidence: Evidence | str | None,
-              thresholds: Mapping[str, float]) -> str:
-    """One violation's card: photo and heatmaps of its worst failing attributes, the title
-    with their words marked, each failing attribute's score against its threshold and the
-    model's suggested value, the global match and the reasons."""
+def card_html(rank: int, row: Mapping[str, Any], evidence: Evidence | str | None, policy: Policy) -> str:
+    """One violation's card: photo and heatmaps of its findings (the blamed attribute first),
+    the title with their words marked, each finding's score and probability of a
+    contradiction and the model's suggested value, the global match and the reasons."""
     kind = row["worst_kind"] or MATCH
     findings = row["attributes"] or []
     pics: list[tuple[str, str]] = []
@@ -396,41 +401,60 @@ def card_html(rank: int, row: Mapping[str, Any], evidence: Evidence | str | None
     attr_rows = "".join(
         f'<tr><td>{esc(f["kind"])}</td><td>{esc(f["value"])} <span class="muted">'
         f'({esc(origins.get((f["kind"], f["value"]), "title or column"))})</span></td>'
-        f'<td>{meter_svg(f["score"], f["threshold"])} <span class="fail">{f["score"]:.3f}</span> &lt; '
-        f'{f["threshold"]:.3f}</td><td>{esc(f["suggested_value"] or "-")}'
-        f'{_score_note(f["suggested_score"])}</td></tr>' for f in findings)
-    match_t = float(thresholds.get(MATCH, 0.0))
+        f'<td>{f["score"]:.3f}</td><td>{meter_svg(f["p_contradicted"], policy.cut, invert=True)} '
+        f'<span class="{"fail" if f["p_contradicted"] >= policy.cut else ""}">{f["p_contradicted"]:.3f}</span></td>'
+        f'<td>{esc(f["suggested_value"] or "-")}{_score_note(f["suggested_score"])}</td></tr>' for f in findings)
     match = row["match_score"]
-    attr_rows += (f'<tr><td>match</td><td class="muted">image vs whole title</td><td>'
-                  f'{meter_svg(match, match_t, -1.0, 1.0)} <span class="{"fail" if match < match_t else ""}">'
-                  f'{match:.3f}</span> {"&lt;" if match < match_t else "&ge;"} {match_t:.3f}</td><td></td></tr>')
+    lr = policy.check_log_lr(MATCH, match)
+    match_p = policy.probability(lr) if lr != float("-inf") else 0.0
+    attr_rows += (f'<tr><td>match</td><td class="muted">image vs whole title</td><td>{match:.3f}</td><td>'
+                  f'{meter_svg(match_p, policy.cut, invert=True)} <span class="{"fail" if match_p >= policy.cut else ""}">'
+                  f'{match_p:.3f}</span></td><td></td></tr>')
     reasons = "".join(f"<li>{esc(r)}</li>" for r in (row["reasons"] or [])[:MAX_REASONS])
     return (f'<article class="card" id="v{rank}" data-rank="{rank}" data-kind="{esc(kind)}" '
             f'data-severity="{row["severity"]!r}"><div class="pics">{figures}</div><div>{title}'
-            f'<div><span class="sev">severity {row["severity"]:.3f}</span> &middot; worst: <b>{esc(kind)}</b> '
+            f'<div><span class="sev">p_violation {row["severity"]:.3f}</span> &middot; blamed: <b>{esc(kind)}</b> '
             f'&middot; #{rank} &middot; <span class="mono">{esc(row["listing_id"])}</span></div>{source}'
-            f'<table class="attrs"><tr><th>kind</th><th>listing says</th><th>score vs threshold</th>'
-            f'<th>model suggests</th></tr>{attr_rows}</table><ul>{reasons}</ul></div></article>')
+            f'<table class="attrs"><tr><th>kind</th><th>listing says</th><th>raw score</th>'
+            f'<th>probability of a contradiction</th><th>model suggests</th></tr>{attr_rows}</table>'
+            f'<ul>{reasons}</ul></div></article>')
+
+
+def operating_point_html(calibration: Mapping[str, Any]) -> str:
+    """The operating point in words: the cut, how it was chosen, and what it is expected to
+    give (precision and recall at the stated prevalence, false-positive rate)."""
+    op = calibration.get("operating_point", {})
+    rule = (f"chosen for expected precision {float(op['precision']):.2f}" if "precision" in op else
+            f"chosen for a review budget of {op['review_budget_per_10k']} flags per 10,000 listings"
+            if "review_budget_per_10k" in op else "")
+    def num(key: str) -> str:
+        v = op.get(key)
+        return f"{float(v):.3f}" if isinstance(v, (int, float)) else "?"
+    return (f'<div id="operating-point">violation when p_violation &ge; <b>{float(calibration["cut"]):.4f}</b> '
+            f'{esc(rule)} at prevalence {float(calibration["prevalence"]):g}; expected precision '
+            f'<b>{num("expected_precision")}</b>, recall <b>{num("expected_recall")}</b>, false-positive rate '
+            f'<b>{num("false_positive_rate")}</b> on the calibration listings (source: '
+            f'{esc(calibration.get("source", "?"))})</div>')
 
 
 def summary_html(summary: Mapping[str, Any], histogram: Sequence[int]) -> str:
-    """Counts, violations per kind, the severity histogram, model, thresholds, time."""
+    """Counts, violations per kind, the p_violation histogram, model, operating point, time."""
     c = summary["counts"]
     stats = [("read", "read", c["read"]), ("scored", "scored", c["scored"]), ("ok", "ok", c["ok"]),
              ("violations", "violations", c["violations"]), ("errors", "errors", c["errors"]),
              ("seconds", "seconds", f'{summary["seconds"]:.1f}'),
              ("throughput", "listings / s", f'{summary["listings_per_second"]:.1f}')]
-    thresholds = "".join(f"<tr><td>{esc(k)}</td><td>{float(v):.4f}</td></tr>"
-                         for k, v in summary["thresholds"].items())
+    calibration = summary["calibration"]
     model = summary["model"]
     return ('<section id="summary"><h2>Summary</h2><div class="stats">'
             + "".join(f'<div class="stat" id="count-{key}"><b>{esc(v)}</b>{label}</div>' for key, label, v in stats)
             + '</div><div class="charts"><div class="panel"><h2>Violations per kind</h2>'
             + bar_chart_svg(c["violations_per_kind"])
-            + '</div><div class="panel"><h2>Severity of every scored listing</h2>'
-            '<div class="muted">listings per bin, square-root scale</div>' + histogram_svg(histogram)
-            + f'</div><div class="panel"><h2>Model and thresholds</h2><div>model <b>{esc(model["name"])}</b></div>'
-            f'<div class="mono">sha256 {esc(model["sha256"])}</div><table>{thresholds}</table></div>'
+            + '</div><div class="panel"><h2>p_violation of every scored listing</h2>'
+            '<div class="muted">listings per bin, square-root scale</div>'
+            + histogram_svg(histogram, float(calibration["cut"]))
+            + f'</div><div class="panel"><h2>Model and operating point</h2><div>model <b>{esc(model["name"])}</b></div>'
+            f'<div class="mono">sha256 {esc(model["sha256"])}</div>{operating_point_html(calibration)}</div>'
             f'<div class="panel"><h2>Run</h2><table>'
             f'<tr><td>input</td><td class="mono">{esc(summary["input"]["pattern"])} '
             f'({summary["input"]["files"]} files)</td></tr>'
@@ -459,7 +483,7 @@ def errors_html(per_type: Mapping[str, int], examples: Mapping[str, Sequence[Map
 
 def render_report(summary: Mapping[str, Any], histogram: Sequence[int], rows: Sequence[Mapping[str, Any]],
                   evidence: Mapping[str, Evidence | str], examples: Mapping[str, Sequence[Mapping[str, Any]]],
-                  top_n: int) -> str:
+                  top_n: int, policy: Policy) -> str:
     """The whole page."""
     c = summary["counts"]
     in_report: dict[str, int] = {}
@@ -467,8 +491,7 @@ def render_report(summary: Mapping[str, Any], histogram: Sequence[int], rows: Se
         in_report[r["worst_kind"] or MATCH] = in_report.get(r["worst_kind"] or MATCH, 0) + 1
     options = "".join(f'<option value="{esc(k)}">{esc(k)} ({in_report.get(k, 0)} of {n})</option>'
                       for k, n in c["violations_per_kind"].items() if n or in_report.get(k))
-    cards = "".join(card_html(i + 1, r, evidence.get(r["listing_id"]), summary["thresholds"])
-                    for i, r in enumerate(rows))
+    cards = "".join(card_html(i + 1, r, evidence.get(r["listing_id"]), policy) for i, r in enumerate(rows))
     return (f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">'
             f'<meta http-equiv="Content-Security-Policy" content="{CSP}">'
             f'<meta name="referrer" content="no-referrer">'
@@ -483,25 +506,25 @@ def render_report(summary: Mapping[str, Any], histogram: Sequence[int], rows: Se
             f'failing attribute on the image it saw (red = most attention).</p>'
             f'<div class="controls"><label>kind <select id="kind"><option value="">all kinds ({len(rows)})</option>'
             f'{options}</select></label> <label>order <select id="sort">'
-            f'<option value="desc">most severe first</option><option value="asc">least severe first</option>'
+            f'<option value="desc">most likely first</option><option value="asc">least likely first</option>'
             f'</select></label> <span id="shown" class="muted">{len(rows)} shown</span></div>'
             f'<div class="cards" id="cards">{cards}</div></section>'
             + errors_html(c["errors_per_type"], examples)
             + f"<script>{SCRIPT}</script></body></html>\n")
 
 
-def write_report(prefix: str, matcher: Matcher, decoder: ListingDecoder, files: Sequence[str],
+def write_report(prefix: str, matcher: Matcher, policy: Policy, decoder: ListingDecoder, files: Sequence[str],
                  columns: Sequence[str], top_n: int = DEFAULT_TOP) -> str:
     """Write ``report.html`` under ``prefix`` from the scan's outputs there (``summary.json``
-    must be final) and the input ``files`` (read ``columns``); returns its path. ``matcher``
-    and ``decoder`` must be the scan's model, thresholds and attribute columns."""
+    must be final) and the input ``files`` (read ``columns``); returns its path. ``matcher``,
+    ``policy`` and ``decoder`` must be the scan's model, calibration and attribute columns."""
     summary = read_summary(prefix)
     shards = {name: [FileSystems.join(prefix, p) for p in summary["files"][name]]
               for name in (SCORES, VIOLATIONS, ERRORS)}
     rows = top_violations(shards[VIOLATIONS], top_n)
     found = find_listings(files, columns, list(decoder.attribute_columns), {r["listing_id"] for r in rows}, decoder)
     page = render_report(summary, severity_histogram(shards[SCORES]), rows, explain_listings(found, matcher),
-                         error_examples(shards[ERRORS], summary["counts"]["errors_per_type"]), top_n)
+                         error_examples(shards[ERRORS], summary["counts"]["errors_per_type"]), top_n, policy)
     path = FileSystems.join(prefix, REPORT)
     with FileSystems.create(path, mime_type="text/html") as f:
         f.write(page.encode("utf-8"))
@@ -513,33 +536,32 @@ class _ReportFn(beam.DoFn):
     """Holds the scan's model (loaded once, in ``setup``, on the CPU as the launcher loads it)
     and writes ``report.html`` when the one ``summary.json`` element arrives; outputs its path."""
 
-    def __init__(self, prefix: str, model: str, thresholds: Mapping[str, float], decoder: ListingDecoder,
+    def __init__(self, prefix: str, model: str, policy: Policy, decoder: ListingDecoder,
                  files: Sequence[str], columns: Sequence[str], top_n: int):
-        self._prefix, self._model, self._thresholds = prefix, model, dict(thresholds)
+        self._prefix, self._model, self._policy = prefix, model, policy
         self._decoder, self._files, self._columns, self._top_n = decoder, list(files), list(columns), top_n
         self._matcher: Matcher | None = None
 
     def setup(self) -> None:
         self._matcher = load(self._model, device="cpu")
-        self._matcher.thresholds.update(self._thresholds)
 
     def process(self, summary: Mapping[str, Any]) -> Iterator[str]:
         # The element only says that summary.json is written; the page is built from the files.
-        yield write_report(self._prefix, self._matcher, self._decoder, self._files, self._columns, self._top_n)
+        yield write_report(self._prefix, self._matcher, self._policy, self._decoder, self._files, self._columns,
+                           self._top_n)
 
 
 class WriteHtmlReport(beam.PTransform):
     """The one ``summary.json`` dict that ``WriteReports`` outputs -> ``report.html`` under
     ``prefix``, written by a worker once every shard and ``summary.json`` are final (the
     element exists only then); returns a PCollection of its path. ``model`` (name, path or
-    URL) and ``thresholds`` (overrides) are the scan's, loaded again on the worker as the
-    model handler does; ``decoder``, the input ``files`` and ``columns`` are the scan's too.
+    URL, loaded again on the worker as the model handler does) and ``policy`` are the scan's; ``decoder``, the input ``files`` and ``columns`` are the scan's too.
     A retried attempt writes the same page again."""
 
-    def __init__(self, prefix: str, model: str, thresholds: Mapping[str, float], decoder: ListingDecoder,
+    def __init__(self, prefix: str, model: str, policy: Policy, decoder: ListingDecoder,
                  files: Sequence[str], columns: Sequence[str], top_n: int = DEFAULT_TOP):
         super().__init__()
-        self._fn = _ReportFn(prefix, model, thresholds, decoder, files, columns, top_n)
+        self._fn = _ReportFn(prefix, model, policy, decoder, files, columns, top_n)
 
     def expand(self, summary: beam.PCollection[dict]) -> beam.PCollection[str]:
         return summary | "WriteHtml" >> beam.ParDo(self._fn)

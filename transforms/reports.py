@@ -8,7 +8,9 @@
   counted apart, as ``skipped_inputs``;
 - ``removed/part-*.parquet``: with ``--state``, one row per listing id of the earlier run that
   is not read any more (:data:`REMOVED_SCHEMA`, ``transforms/state.py``);
-- ``summary.json``: counts, model, thresholds, the scoring rules' version
+- ``summary.json``: counts, model, calibration (source, sha256, the verdict cut, the
+  prevalence ``severity`` is stated at, the operating point's expected precision, recall and
+  false-positive rate: ``ecomatch_model.verdict.describe``), the scoring rules' version
   (:data:`SCORING_RULES`), input, runner, times and throughput, and the shard files of this
   run. It is written last, only once every shard is final and the counts reconcile
   (read = scored + errors, scored = ok + violations); otherwise the job fails. A prefix
@@ -53,18 +55,19 @@ from .flag import MATCH, Verdict
 SCORES, VIOLATIONS, ERRORS, SUMMARY = "scores", "violations", "errors", "summary.json"
 REMOVED = "removed"           # written with --state only
 REPORT = "report.html"        # written after summary.json, by the job's WriteHtmlReport (transforms.html_report)
-# What a listing's rows say for the same model, thresholds and input: raise it whenever that
+# What a listing's rows say for the same model, calibration and input: raise it whenever that
 # changes, so that ``--state`` rescans a run made under the older rules instead of carrying
 # its rows forward. 1: a failing attribute is blamed, else the global match; 2: a global
-# mismatch is blamed on the attribute whose swap restores the match (``Matcher.explain_matches``).
-SCORING_RULES = 2
+# mismatch is blamed on the attribute whose swap restores the match; 3: severity is the
+# calibrated p_violation of ``ecomatch_model.verdict``.
+SCORING_RULES = 3
 
 SCORES_SCHEMA = pa.schema([
     ("listing_id", pa.string()), ("verdict", pa.string()), ("severity", pa.float64()),
     ("match_score", pa.float64()), ("worst_kind", pa.string()), ("content_hash", pa.string()),
 ])
 ATTRIBUTE_TYPE = pa.struct([
-    ("kind", pa.string()), ("value", pa.string()), ("score", pa.float64()), ("threshold", pa.float64()),
+    ("kind", pa.string()), ("value", pa.string()), ("score", pa.float64()), ("p_contradicted", pa.float64()),
     ("suggested_value", pa.string()), ("suggested_score", pa.float64()),
 ])
 VIOLATIONS_SCHEMA = pa.schema([
@@ -91,7 +94,7 @@ class ScanInfo:
     output: str
     model_name: str
     model_sha256: str
-    thresholds: Mapping[str, float]
+    calibration: Mapping[str, Any]  # ecomatch_model.verdict.describe
     kinds: Sequence[str]            # attribute kinds, for per-kind counts
     runner: str
     started_at: float = field(default_factory=time.time)
@@ -181,7 +184,7 @@ def write_summary(events: Mapping[str, int], info: ScanInfo, scores: Sequence[st
         "incremental": {"state": redact(info.state) if info.state else None, "carried": int(events.get("carried", 0)),
                         "scored": int(events.get("inferred", 0)), "removed": int(events.get("removed", 0))},
         "model": {"name": redact(info.model_name), "sha256": info.model_sha256},
-        "thresholds": dict(info.thresholds),
+        "calibration": dict(info.calibration),
         "scoring_rules": SCORING_RULES,
         "input": {"pattern": redact(info.input), "files": info.input_files},
         "output": redact(info.output),

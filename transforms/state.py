@@ -29,7 +29,9 @@ from apache_beam.metrics import Metrics
 from apache_beam.pvalue import TaggedOutput
 
 from .decode import ListingDecoder, image_bytes
-from .flag import Finding, Verdict
+from ecomatch_model.verdict import Finding
+
+from .flag import Verdict
 from .listings import RawListing
 from .progress import NAMESPACE
 from .reports import SCORES, SCORES_SCHEMA, SCORING_RULES, VIOLATIONS, VIOLATIONS_SCHEMA, read_summary
@@ -46,19 +48,20 @@ class PreviousRun:
     violations: list[str]
 
 
-def previous_run(prefix: str, model_sha256: str, thresholds: Mapping[str, float]) -> tuple[PreviousRun | None, str]:
-    """The run under ``prefix`` when this scan (model ``model_sha256``, ``thresholds``) can carry
-    its verdicts forward, else None and the reason."""
+def previous_run(prefix: str, model_sha256: str, calibration_sha256: str) -> tuple[PreviousRun | None, str]:
+    """The run under ``prefix`` when this scan (model ``model_sha256``, calibration
+    ``calibration_sha256``) can carry its verdicts forward, else None and the reason."""
     try:
         summary = read_summary(prefix)
-        sha, then = summary["model"]["sha256"], summary["thresholds"]
+        sha = summary["model"]["sha256"]
+        then = summary.get("calibration", {}).get("sha256") if isinstance(summary.get("calibration"), dict) else None
         shards = {name: [FileSystems.join(prefix, p) for p in summary["files"][name]] for name in (SCORES, VIOLATIONS)}
     except (OSError, ValueError, KeyError, TypeError):
         return None, "it holds no complete run (no readable summary.json)"
     if sha != model_sha256:
         return None, f"it was scanned with another model (sha256 {sha[:12]})"
-    if then != dict(thresholds):
-        return None, "it was scanned with other thresholds"
+    if then != calibration_sha256:
+        return None, "it was scanned with another calibration"
     rules = summary.get("scoring_rules", 1)         # runs before the version was recorded: 1
     if rules != SCORING_RULES:
         return None, f"it was scanned under other scoring rules (version {rules}; this scan's is {SCORING_RULES})"
