@@ -37,13 +37,19 @@ rest is scanned. Guarantees, limits and their tests: ``docs/RELIABILITY.md``.
 from __future__ import annotations
 
 import argparse
+import difflib
 import json
 import logging
 import os
 import sys
 from typing import Mapping, Sequence
 
-import apache_beam as beam
+from pipelines.notices import quiet_routine_notices
+
+# Before Beam's import logs its first notice; main() settles it from the parsed --verbose.
+quiet_routine_notices("--verbose" not in sys.argv[1:])
+
+import apache_beam as beam  # noqa: E402 (after the notice filters)
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import (DirectOptions, GoogleCloudOptions, PipelineOptions, SetupOptions,
                                                   StandardOptions)
@@ -110,7 +116,36 @@ def build_parser() -> argparse.ArgumentParser:
                    help="an earlier run's output prefix: listings unchanged since (same content_hash) keep its "
                         "verdict without being decoded or scored, its ids no longer read are listed in removed/; "
                         "ignored, with a warning, when that run is incomplete or had another model or thresholds")
+    p.add_argument("--verbose", action="store_true", help="also log Beam's routine notices (pipelines/notices.py)")
     return p
+
+
+def beam_option_parser() -> argparse.ArgumentParser:
+    """The parser Beam itself builds from every registered ``PipelineOptions`` class."""
+    parsers: list[argparse.ArgumentParser] = []
+    PipelineOptions([]).get_all_options(add_extra_args_fn=parsers.append)
+    return parsers[0]
+
+
+def check_beam_args(beam_args: Sequence[str], scan_parser: argparse.ArgumentParser) -> None:
+    """Raise :class:`ScanConfigError` for the first of ``beam_args`` (what the scan's own
+    parser left) that is no Beam pipeline option either, naming the closest known option."""
+    parser = beam_option_parser()
+
+    def refuse(message: str) -> None:    # a Beam option with a bad value: one line, not Beam's whole usage
+        raise ScanConfigError(f"Beam pipeline option: {message}")
+
+    parser.error = refuse  # type: ignore[method-assign]
+    _, unknown = parser.parse_known_args(list(beam_args))
+    flags = [a.split("=", 1)[0] for a in unknown if a.startswith("-")]
+    if not flags:
+        if unknown:
+            raise ScanConfigError(f"unexpected argument {unknown[0]!r}")
+        return
+    known = [o for p in (scan_parser, parser) for a in p._actions for o in a.option_strings if o.startswith("--")]
+    close = difflib.get_close_matches(flags[0], known, n=1)
+    raise ScanConfigError(f"unknown option {flags[0]}" + (f" (did you mean {close[0]}?)" if close else "")
+                          + ": neither a scan option nor a Beam pipeline option (ecomatch scan --help)")
 
 
 def read_thresholds(path: str, matcher: Matcher) -> dict[str, float]:
@@ -161,7 +196,9 @@ def run(argv: Sequence[str] | None = None, save_main_session: bool = True,
     :class:`ScanConfigError`, ``InputSchemaError``, ``CheckpointError`` or
     ``FileNotFoundError`` before any work when an argument or an input file is unusable,
     and ``UnreadableInputError`` when a row group cannot be read (unless ``--skip-bad-files``)."""
-    args, beam_args = build_parser().parse_known_args(argv)
+    parser = build_parser()
+    args, beam_args = parser.parse_known_args(argv)
+    check_beam_args(beam_args, parser)
     if (args.batch_size is not None and args.batch_size < 1) or (args.model_copies is not None and args.model_copies < 1):
         raise ScanConfigError("--batch-size and --model-copies must be at least 1")
     if args.report_top < 0:
@@ -245,8 +282,7 @@ def report_lines(summary: Mapping, prefix: str) -> list[str]:
 def main(argv: Sequence[str] | None = None) -> int:
     """Console entry point: run the scan, print the counts and where the reports are."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    # Beam logs every string annotation it cannot resolve at INFO; they are not news.
-    logging.getLogger("apache_beam.typehints.native_type_compatibility").setLevel(logging.WARNING)
+    quiet_routine_notices("--verbose" not in argv)
     try:
         result = run(argv)
     except (ScanConfigError, InputSchemaError, UnreadableInputError, CheckpointError, FileNotFoundError) as exc:
