@@ -67,6 +67,7 @@ from transforms.reports import (ERRORS, REMOVED, REPORT, SCORES, SUMMARY, VIOLAT
                                 clear_outputs, read_summary)
 from transforms.score import EcomatchModelHandler, ScoreListings
 from transforms.state import CarryForward, previous_run
+from transforms.storage import use_storage_emulator
 
 log = logging.getLogger("ecomatch.scan")
 
@@ -199,6 +200,7 @@ def run(argv: Sequence[str] | None = None, save_main_session: bool = True,
     parser = build_parser()
     args, beam_args = parser.parse_known_args(argv)
     check_beam_args(beam_args, parser)
+    use_storage_emulator()      # STORAGE_EMULATOR_HOST: gs:// to a local emulator, anonymously
     if (args.batch_size is not None and args.batch_size < 1) or (args.model_copies is not None and args.model_copies < 1):
         raise ScanConfigError("--batch-size and --model-copies must be at least 1")
     if args.report_top < 0:
