@@ -21,7 +21,8 @@ Outputs under PREFIX (full schemas in ``transforms/reports.py``):
 - ``violations/*.parquet``: listing_id, severity, match_score, worst_kind, reasons,
   attributes (kind, value, score, threshold, suggested_value, suggested_score);
 - ``errors/*.parquet``: listing_id, source, stage, error_type, message;
-- ``summary.json``: counts, model, thresholds, input, runner, times, listings per second;
+- ``summary.json``: counts, model, thresholds, input, runner, the device each worker scored on,
+  times, listings per second;
 - ``report.html``: a self-contained page for reviewers, written by the job's last step
   (``WriteHtmlReport``, on a worker, on every runner) from the outputs above once
   ``summary.json`` is final: the ``--report-top`` most severe violations with attention
@@ -251,7 +252,8 @@ def run(argv: Sequence[str] | None = None, save_main_session: bool = True,
     if previous:
         verdicts = (verdicts, carried) | "AllVerdicts" >> beam.Flatten()
     errors = (*failures, decode_errors, score_errors) | "MergeErrors" >> beam.Flatten()
-    reports = {"listings": listings, "verdicts": verdicts, "errors": errors, **({REMOVED: removed} if previous else {})}
+    reports = {"listings": listings, "verdicts": verdicts, "errors": errors, "scored": scored,
+               **({REMOVED: removed} if previous else {})}
     summary = reports | "WriteReports" >> WriteReports(info)
     # A step of the job, like summary.json, so that a launcher that does not wait (a template
     # launch) leaves nothing undone: it runs once summary.json is written.

@@ -13,6 +13,7 @@ to ``batch_size`` by repeating its last listing, so every forward pass has the s
 from __future__ import annotations
 
 import logging
+import socket
 from dataclasses import dataclass
 from typing import Any, Iterable, Mapping, Sequence
 
@@ -62,6 +63,10 @@ class ListingScorer:
         out = self.matcher.forward(torch.from_numpy(batch.pixels), batch.text)   # uint8, normalised on the device
         return self.matcher.results(out, batch.text, batch.n)
 
+    def device(self) -> str:
+        """Where the model scores: ``"cuda:0"``, ``"cpu"``, ... (a call, so that it crosses the proxy too)."""
+        return str(self.matcher.device)
+
 
 class EcomatchModelHandler(ModelHandler[DecodedListing, PredictionResult, ListingScorer]):
     """RunInference handler for an ecomatch checkpoint (bundled name, path or URL).
@@ -102,7 +107,9 @@ class EcomatchModelHandler(ModelHandler[DecodedListing, PredictionResult, Listin
     def run_inference(self, batch: Sequence[DecodedListing], model: ListingScorer,
                       inference_args: dict[str, Any] | None = None) -> Iterable[PredictionResult]:
         scores = model.score(stack_batch(batch, self._batch_size))
-        return [PredictionResult(x, s, self._model) for x, s in zip(batch, scores)]
+        # model_id: where the model ran, for summary.json's scoring_devices (its name is the scan's one model).
+        device = model.device()
+        return [PredictionResult(x, s, device) for x, s in zip(batch, scores)]
 
     def get_num_bytes(self, batch: Sequence[DecodedListing]) -> int:
         return sum(x.pixels.nbytes + x.attr_mask.nbytes + x.ids.nbytes for x in batch)
@@ -127,13 +134,16 @@ class ScoredListing:
     content_hash: str
     origins: list[str]      # per attribute of ``score``: "title" or the column it came from
     score: ListingScore
+    device: str = ""        # where it was scored ("cuda:0", "cpu") and on which worker (host name)
+    worker: str = ""
 
 
 def to_scored(result: PredictionResult) -> ScoredListing:
     """RunInference's PredictionResult -> :class:`ScoredListing`."""
     x: DecodedListing = result.example
     Metrics.counter(NAMESPACE, "scored").inc()
-    return ScoredListing(x.listing_id, x.source, x.content_hash, list(x.origins), result.inference)
+    return ScoredListing(x.listing_id, x.source, x.content_hash, list(x.origins), result.inference,
+                         str(result.model_id or ""), socket.gethostname())
 
 
 class ScoreListings(beam.PTransform):
