@@ -16,7 +16,9 @@ import logging
 # logger name -> starts of its messages that are routine. "root": Beam logs these two
 # through the logging module's functions, not a named logger.
 ROUTINE: dict[str, tuple[str, ...]] = {
-    "root": ("apitools not found", "Resource module is not available"),
+    "root": ("apitools not found", "Resource module is not available", "starting control server",
+             "starting data server", "starting state server", "starting logging server", "Requesting worker at",
+             "self.control_address"),
     "apache_beam.io.gcp.bigquery": ("No module named google.cloud.bigquery_storage_v1",),
     "apache_beam.io.iobase": ("*** WriteImpl min_shards undef",),
     "apache_beam.io.filebasedsink": ("Renamed ",),
@@ -29,6 +31,13 @@ ROUTINE: dict[str, tuple[str, ...]] = {
                                                                       "starting state server",
                                                                       "starting logging server"),
     "apache_beam.runners.portability.local_job_service": ("Worker: ",),
+    # An SDK harness connecting to and leaving its runner (local multi-process and LOOPBACK runs).
+    "apache_beam.runners.worker.sdk_worker": ("Creating insecure", "Control channel established",
+                                              "State channel established", "Initializing SDKHarness",
+                                              "No more requests from control plane", "SDK Harness waiting",
+                                              "Closing all cached", "Done consuming work"),
+    "apache_beam.runners.worker.data_plane": ("Creating client data channel", "Data channel established",
+                                              "Closing all cached"),
     # A string annotation Beam cannot resolve: the type check falls back to Any, as intended.
     "apache_beam.typehints.native_type_compatibility": ("Converting string literal type hint to Any",
                                                         "Converting NewType type hint to Any",
