@@ -64,6 +64,7 @@ from transforms.errors import redact
 from transforms.flag import MATCH, FlagViolations
 from transforms.html_report import DEFAULT_TOP, WriteHtmlReport
 from transforms.listings import InputSchemaError, ReadListings, UnreadableInputError, survey_input
+from transforms.progress import TrackProgress
 from transforms.reports import (ERRORS, REMOVED, REPORT, SCORES, SUMMARY, VIOLATIONS, ScanInfo, WriteReports,
                                 clear_outputs, read_summary)
 from transforms.score import EcomatchModelHandler, ScoreListings
@@ -192,6 +193,15 @@ def local_worker_threads(options: PipelineOptions) -> int | None:
     return max(1, (os.cpu_count() or 1) // workers)
 
 
+def local_processes(options: PipelineOptions) -> int | None:
+    """How many processes share a local run's work (for the progress log's estimate); None on
+    other runners, where the number of workers is the service's to choose."""
+    if options.view_as(StandardOptions).runner not in (DEFAULT_RUNNER, "DirectRunner"):
+        return None
+    direct = options.view_as(DirectOptions)
+    return (direct.direct_num_workers or 1) if direct.direct_running_mode == "multi_processing" else 1
+
+
 def run(argv: Sequence[str] | None = None, save_main_session: bool = True,
         test_pipeline: beam.Pipeline | None = None) -> PipelineResult:
     """Build and run the scan; returns the finished pipeline's result. Raises
@@ -229,8 +239,9 @@ def run(argv: Sequence[str] | None = None, save_main_session: bool = True,
     info = ScanInfo(args.input, len(files) + len(survey.bad), args.output, args.model, matcher.sha256, effective,
                     list(matcher.lexicon.kinds), _runner_name(pipeline.options if test_pipeline else options, pipeline),
                     state=previous.prefix if previous else None)
-    log.info("scanning %d file(s) matching %s (columns %s) with model %s (sha256 %s) into %s", len(files),
-             redact(args.input), ", ".join(read_columns), redact(args.model), matcher.sha256[:12], redact(args.output))
+    log.info("scanning %d listings in %d file(s) matching %s (columns %s) with model %s (sha256 %s) into %s",
+             survey.rows, len(files), redact(args.input), ", ".join(read_columns), redact(args.model),
+             matcher.sha256[:12], redact(args.output))
     clear_outputs(args.output)
 
     # The files found bad above go to the reader too: it reports them, with any found bad later.
@@ -252,6 +263,7 @@ def run(argv: Sequence[str] | None = None, save_main_session: bool = True,
     if previous:
         verdicts = (verdicts, carried) | "AllVerdicts" >> beam.Flatten()
     errors = (*failures, decode_errors, score_errors) | "MergeErrors" >> beam.Flatten()
+    _ = (verdicts, errors) | "TrackProgress" >> TrackProgress(survey.rows, local_processes(options))
     reports = {"listings": listings, "verdicts": verdicts, "errors": errors, "scored": scored,
                **({REMOVED: removed} if previous else {})}
     summary = reports | "WriteReports" >> WriteReports(info)

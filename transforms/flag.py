@@ -34,7 +34,7 @@ import apache_beam as beam
 from apache_beam.metrics import Metrics
 from ecomatch_model.api import AttributeScore, ListingScore
 
-from .progress import NAMESPACE, ProgressLog, listings_progress
+from .progress import NAMESPACE
 from .score import ScoredListing
 
 MATCH = "match"
@@ -129,18 +129,13 @@ def flag_listing(scored: ScoredListing) -> Verdict:
 
 
 class _FlagFn(beam.DoFn):
-    """Flags listings, counts verdicts and keeps this process's progress log going."""
-
-    def setup(self) -> None:
-        self._progress: ProgressLog = listings_progress()
-        self._progress.start()
+    """Flags listings and counts verdicts (progress is ``TrackProgress``'s, transforms/progress.py)."""
 
     def process(self, scored: ScoredListing) -> Iterator[Verdict]:
         v = flag_listing(scored)
         Metrics.counter(NAMESPACE, "ok" if v.verdict == "ok" else "violations").inc()
         if v.worst_kind is not None:
             Metrics.counter(NAMESPACE, f"violations_{v.worst_kind}").inc()
-        self._progress.add()
         yield v
 
 
