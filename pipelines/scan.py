@@ -12,7 +12,11 @@ being decoded or scored, and its ids no longer read are listed in ``removed/``. 
 output may be local paths or ``gs://`` URIs. Unless
 ``--runner`` is given, Beam's in-process ``FnApiRunner`` runs the job (it honours
 ``--direct_num_workers`` and ``--direct_running_mode=multi_processing``); any other runner
-and its options (``--runner DataflowRunner --project ...``) pass straight through.
+and its options (``--runner DataflowRunner --project ...``) pass straight through. An option
+that is neither the scan's nor a registered Beam pipeline option is an error naming the
+closest known one (:func:`check_beam_args`); Beam's routine notices are dropped unless
+``--verbose`` (``pipelines/notices.py``). With ``STORAGE_EMULATOR_HOST`` set, gs:// goes to that
+local emulator, anonymously (``transforms/storage.py``).
 
 Outputs under PREFIX (full schemas in ``transforms/reports.py``):
 
