@@ -8,10 +8,11 @@ from pathlib import Path
 
 import apache_beam as beam
 import pytest
+from apache_beam.options.pipeline_options import PipelineOptions
 from pipeline_fixtures import fn_api_pipeline, listings_table, mixed_rows, model_dir_fixture, write_table  # noqa: F401
 
 from ecomatch_model.sample import make_listings
-from pipelines.scan import run
+from pipelines.scan import local_processes, run
 from transforms import progress
 from transforms.errors import ErrorRecord
 from transforms.listings import survey_input
@@ -91,3 +92,13 @@ def test_scan_tracks_progress_against_the_footers_total(tmp_path: Path, model_di
     report = [r.getMessage() for r in caplog.records if r.name == "transforms.html_report"]
     assert report[0].startswith("report: the ") and "reading their listings again from 2 input file(s)" in report[0]
     assert report[1].startswith("report: re-scoring ") and report[2].startswith("wrote ")
+
+
+@pytest.mark.parametrize("argv, processes", [
+    (["--runner", "FnApiRunner"], 1),
+    (["--runner", "FnApiRunner", "--direct_num_workers", "3", "--direct_running_mode", "multi_threading"], 1),
+    (["--runner", "FnApiRunner", "--direct_num_workers", "3", "--direct_running_mode", "multi_processing"], 3),
+    (["--runner", "DataflowRunner", "--direct_num_workers", "3", "--direct_running_mode", "multi_processing"], None),
+])
+def test_processes_sharing_a_run(argv: list[str], processes: int | None):
+    assert local_processes(PipelineOptions(argv)) == processes
