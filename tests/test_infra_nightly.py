@@ -114,8 +114,9 @@ def test_scan_records_its_device_and_the_check_alerts_off_gpu(tmp_path: Path, mo
     shard = tmp_path / "in" / "l.parquet"
     shard.parent.mkdir()
     pq.write_table(make_listings(6, seed=2, size=48), shard)
+    # --model-copies: the model in a process shared by the workers, behind Beam's proxy, as on GPU workers.
     run(["--input", str(shard), "--output", str(tmp_path / "2026-03-01"), "--model", model_dir, "--batch-size", "4",
-         "--device", "cpu"], save_main_session=False)
+         "--device", "cpu", "--model-copies", "1"], save_main_session=False)
     summary = read_summary(str(tmp_path / "2026-03-01"))
     assert summary["scoring_devices"] == [{"worker": socket.gethostname(), "device": "cpu", "listings": 6}]
     argv = [str(tmp_path / "{date}"), "--violation-rate", "0:1", "--date", "2026-03-01"]
