@@ -5,7 +5,7 @@ REGION="${REGION:-us-central1}"                              # must offer NVIDIA
 BUCKET="${BUCKET:-${PROJECT}-ecomatch}"                       # template spec, staging and temp files
 INPUT="${INPUT:-gs://${PROJECT}-catalogue/listings/*.parquet}"  # the catalogue export: read only
 REPORTS="${REPORTS:-gs://${PROJECT}-ecomatch-reports/scan}"  # one prefix per night under it: REPORTS/{date}
-MODEL="${MODEL:-base}"                                        # bundled name or gs:// checkpoint directory
+MODEL="${MODEL:-default}"                                     # "default" (the bundled model) or a gs:// checkpoint directory
 TAG="${TAG:-$(git rev-parse --short=12 HEAD)}"
 IMAGE="${IMAGE:-${REGION}-docker.pkg.dev/${PROJECT}/ecomatch/worker:${TAG}}"
 TEMPLATE="gs://${BUCKET}/templates/scan.json"                 # the nightly schedule launches the latest build

@@ -6,7 +6,8 @@ Dataflow's template launcher runs this file (``FLEX_TEMPLATE_PYTHON_PY_FILE`` in
 ``--project``, ``--region``, ``--template_location``, ...). It puts :data:`GPU_OPTIONS` (the one
 place the worker shape is set) and the image's own name as ``--sdk_container_image`` in front,
 expands ``{date}`` and ``{yesterday}`` in every argument (:func:`infra.nightly.expand_dates`),
-and hands the rest to ``pipelines.scan.run``, which writes the job description and returns; the
+writes the template parameters that are not named as the scan's options as those options
+(``--skip_bad_files=true`` -> ``--skip-bad-files``, :func:`template_args`), and hands the rest to ``pipelines.scan.run``, which writes the job description and returns; the
 Dataflow service then starts the job. Options given at launch come later and so win
 (``--max_num_workers=32``); ``--dataflow_service_options`` adds to the list.
 
@@ -45,10 +46,41 @@ GPU_OPTIONS = {
 }
 
 
+# Template parameters (infra/metadata.json) whose name is not the scan option's: Dataflow passes
+# each as --name=value, so a flag comes as "true"/"false" and a repeatable option as one list.
+RENAMED = {"attribute_columns": "--attribute-columns"}
+FLAGS = {"skip_bad_files": "--skip-bad-files"}                    # "true" -> the flag, "false" -> nothing
+LISTS = {"image_uri_prefix": "--image-uri-prefix"}                # "a,b" -> one option per item
+
+
+def scan_option(parameter: str) -> str:
+    """The scan option that the template parameter ``parameter`` becomes."""
+    return RENAMED.get(parameter) or FLAGS.get(parameter) or LISTS.get(parameter) or f"--{parameter}"
+
+
+def template_args(argv: Sequence[str]) -> list[str]:
+    """``argv`` with the template's ``--name=value`` parameters written as the scan's options."""
+    out: list[str] = []
+    for arg in argv:
+        name, sep, value = arg[2:].partition("=") if arg.startswith("--") else ("", "", "")
+        if sep and name in RENAMED:
+            out.append(f"{RENAMED[name]}={value}")
+        elif sep and name in FLAGS:
+            if value.strip().lower() not in ("true", "false"):
+                raise SystemExit(f"infra.launch: --{name} must be true or false, got {value!r}")
+            out += [FLAGS[name]] if value.strip().lower() == "true" else []
+        elif sep and name in LISTS:
+            out += [f"{LISTS[name]}={item.strip()}" for item in value.split(",") if item.strip()]
+        else:
+            out.append(arg)
+    return out
+
+
 def launch_argv(argv: Sequence[str], image: str, day: dt.date) -> list[str]:
-    """The scan's arguments: the GPU worker options and ``image``, then ``argv`` with its dates expanded."""
+    """The scan's arguments: the GPU worker options and ``image``, then ``argv`` with its dates
+    expanded and the template's parameters written as scan options (:func:`template_args`)."""
     defaults = [f"--{name}={value}" for name, value in GPU_OPTIONS.items()]
-    return [*defaults, f"--sdk_container_image={image}", *(expand_dates(a, day) for a in argv)]
+    return [*defaults, f"--sdk_container_image={image}", *template_args([expand_dates(a, day) for a in argv])]
 
 
 def main(argv: Sequence[str] | None = None, day: dt.date | None = None) -> PipelineResult:

@@ -5,14 +5,17 @@ Locations given to the flex template (:mod:`infra.launch`) and to this check may
 one fixed schedule writes each night under its own prefix: ``gs://reports/scan/{date}``.
 
     python -m infra.nightly gs://BUCKET/scan/{date} --violation-rate 0.01:0.25 \\
-        [--max-error-rate 0.01] [--min-read N] [--min-listings-per-second X] [--date YYYY-MM-DD]
+        [--max-error-rate 0.01] [--min-read N] [--min-listings-per-second X] [--expect-device cuda]
+        [--date YYYY-MM-DD]
 
 reads ``summary.json`` under the prefix and exits 0 when the run is complete and inside the
 bounds, 1 when it is outside them (one line per problem on stderr), and 2 when the prefix has no
 ``summary.json`` (the job has not finished, failed, or was never launched). Run after the scan's
 usual finishing time, any non-zero exit is an alert (``infra/schedule.sh`` wires it to Cloud
 Monitoring). A violation rate far from the usual one means the catalogue, the model or the
-calibration changed; a throughput floor catches workers that fell back to the CPU.
+calibration changed. ``--expect-device cuda`` fails a run in which any listing was scored
+on another device (``summary.json``'s ``scoring_devices``: a GPU worker that fell back to the
+CPU); a throughput floor catches slow workers too.
 """
 from __future__ import annotations
 
@@ -44,6 +47,24 @@ class Bounds:
     max_error_rate: float = 1.0             # errors / read
     min_read: int = 0                       # listings read
     min_listings_per_second: float = 0.0
+    expect_device: str | None = None        # e.g. "cuda": every listing the model scored was scored there
+
+
+def device_problems(summary: Mapping[str, Any], expected: str) -> list[str]:
+    """Why the model's listings were not all scored on a device named ``expected`` (``cuda``
+    matches ``cuda:0``); empty when they were, or when the model scored nothing (all carried)."""
+    devices = summary.get("scoring_devices")
+    scored = summary["counts"]["scored"] - summary.get("incremental", {}).get("carried", 0)   # by the model
+    if devices is None:
+        return [f"summary.json does not record the scoring devices ({scored} listings scored; expected {expected})"
+                ] if scored else []
+    elsewhere = [d for d in devices if d["device"].split(":")[0] != expected and d["device"] != expected]
+    if not elsewhere:
+        return []
+    n, total = sum(d["listings"] for d in elsewhere), sum(d["listings"] for d in devices)
+    where = ", ".join(sorted({f"{d['worker']} on {d['device']}" for d in elsewhere}))
+    return [f"{n} of {total} listings were scored on another device than {expected} ({where}): "
+            f"workers fell back to the CPU?"]
 
 
 def summary_problems(summary: Mapping[str, Any], bounds: Bounds) -> list[str]:
@@ -65,6 +86,8 @@ def summary_problems(summary: Mapping[str, Any], bounds: Bounds) -> list[str]:
     if summary["listings_per_second"] < bounds.min_listings_per_second:
         problems.append(f"throughput {summary['listings_per_second']:.1f} listings/s is below "
                         f"{bounds.min_listings_per_second:g} (workers on the CPU?)")
+    if bounds.expect_device:
+        problems += device_problems(summary, bounds.expect_device)
     return problems
 
 
@@ -88,6 +111,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--min-read", type=int, default=0, help="fewest listings read (default: %(default)s)")
     p.add_argument("--min-listings-per-second", type=float, default=0.0,
                    help="lowest end-to-end throughput (default: %(default)s)")
+    p.add_argument("--expect-device", default=None, metavar="DEVICE",
+                   help="fail when any listing was scored on another device, e.g. cuda for a GPU job "
+                        "(default: any device)")
     p.add_argument("--date", type=dt.date.fromisoformat, default=None,
                    help="the run's day, YYYY-MM-DD (default: today, UTC)")
     return p
@@ -103,7 +129,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"ecomatch nightly: no complete run under {prefix}: {SUMMARY} unreadable ({exc})", file=sys.stderr)
         return 2
     problems = summary_problems(summary, Bounds(args.violation_rate, args.max_error_rate, args.min_read,
-                                                args.min_listings_per_second))
+                                                args.min_listings_per_second, args.expect_device))
     for problem in problems:
         print(f"ecomatch nightly: {prefix}: {problem}", file=sys.stderr)
     if not problems:

@@ -10,7 +10,8 @@
 #   3. Alert policy "ecomatch nightly scan": a failed Dataflow job or a failed check notifies NOTIFY.
 # Run infra/build.sh first (from the same commit): the check runs in the image of this TAG.
 # Usage: PROJECT=... NOTIFY=projects/PROJECT/notificationChannels/ID [VIOLATION_BAND=LOW:HIGH
-#        MAX_ERROR_RATE=... MIN_READ=... MIN_LISTINGS_PER_SECOND=... LAUNCH_AT=... CHECK_AT=...] infra/schedule.sh
+#        MAX_ERROR_RATE=... MIN_READ=... MIN_LISTINGS_PER_SECOND=... EXPECT_DEVICE=cuda LAUNCH_AT=... CHECK_AT=...]
+#        infra/schedule.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source infra/common.sh
@@ -21,6 +22,7 @@ VIOLATION_BAND="${VIOLATION_BAND:-0.005:0.25}"
 MAX_ERROR_RATE="${MAX_ERROR_RATE:-0.02}"
 MIN_READ="${MIN_READ:-1}"
 MIN_LISTINGS_PER_SECOND="${MIN_LISTINGS_PER_SECOND:-0}"
+EXPECT_DEVICE="${EXPECT_DEVICE:-cuda}"       # the GPU workers' device: a listing scored elsewhere alerts
 export PROJECT BUCKET INPUT REPORTS MODEL TEMPLATE WORKER_SA NOTIFY
 
 render() {  # FILE: with ${NAME} replaced from the environment (a missing name is an error)
@@ -44,7 +46,7 @@ scheduler_job ecomatch-nightly --schedule "$LAUNCH_AT" \
 
 gcloud run jobs deploy ecomatch-check --project "$PROJECT" --region "$REGION" --image "$IMAGE" \
     --service-account "$CHECKER_SA" --max-retries 0 --task-timeout 10m --memory 2Gi \
-    --command python --args "-m,infra.nightly,${REPORTS}/{date},--violation-rate,${VIOLATION_BAND},--max-error-rate,${MAX_ERROR_RATE},--min-read,${MIN_READ},--min-listings-per-second,${MIN_LISTINGS_PER_SECOND}"
+    --command python --args "-m,infra.nightly,${REPORTS}/{date},--violation-rate,${VIOLATION_BAND},--max-error-rate,${MAX_ERROR_RATE},--min-read,${MIN_READ},--min-listings-per-second,${MIN_LISTINGS_PER_SECOND},--expect-device,${EXPECT_DEVICE}"
 gcloud run jobs add-iam-policy-binding ecomatch-check --project "$PROJECT" --region "$REGION" \
     --member "serviceAccount:${SCHEDULER_SA}" --role roles/run.invoker >/dev/null
 scheduler_job ecomatch-check --schedule "$CHECK_AT" \

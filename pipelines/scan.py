@@ -14,7 +14,11 @@ being decoded or scored, and its ids no longer read are listed in ``removed/``. 
 output may be local paths or ``gs://`` URIs. Unless
 ``--runner`` is given, Beam's in-process ``FnApiRunner`` runs the job (it honours
 ``--direct_num_workers`` and ``--direct_running_mode=multi_processing``); any other runner
-and its options (``--runner DataflowRunner --project ...``) pass straight through.
+and its options (``--runner DataflowRunner --project ...``) pass straight through. An option
+that is neither the scan's nor a registered Beam pipeline option is an error naming the
+closest known one (:func:`check_beam_args`); Beam's routine notices are dropped unless
+``--verbose`` (``pipelines/notices.py``). With ``STORAGE_EMULATOR_HOST`` set, gs:// goes to that
+local emulator, anonymously (``transforms/storage.py``).
 
 Outputs under PREFIX (full schemas in ``transforms/reports.py``):
 
@@ -24,8 +28,8 @@ Outputs under PREFIX (full schemas in ``transforms/reports.py``):
 - ``violations/*.parquet``: listing_id, severity, match_score, worst_kind, reasons,
   attributes (kind, value, score, p_contradicted, suggested_value, suggested_score);
 - ``errors/*.parquet``: listing_id, source, stage, error_type, message;
-- ``summary.json``: counts, model, calibration and operating point, input, runner, times,
-  listings per second;
+- ``summary.json``: counts, model, calibration and operating point, input, runner, the
+  device each worker scored on, times, listings per second;
 - ``report.html``: a self-contained page for reviewers, written by the job's last step
   (``WriteHtmlReport``, on a worker, on every runner) from the outputs above once
   ``summary.json`` is final: the ``--report-top`` most severe violations with attention
@@ -41,13 +45,19 @@ rest is scanned. Guarantees, limits and their tests: ``docs/RELIABILITY.md``.
 from __future__ import annotations
 
 import argparse
+import difflib
 import json
 import logging
 import os
 import sys
 from typing import Mapping, Sequence
 
-import apache_beam as beam
+from pipelines.notices import quiet_routine_notices
+
+# Before Beam's import logs its first notice; main() settles it from the parsed --verbose.
+quiet_routine_notices("--verbose" not in sys.argv[1:])
+
+import apache_beam as beam  # noqa: E402 (after the notice filters)
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import (DirectOptions, GoogleCloudOptions, PipelineOptions, SetupOptions,
                                                   StandardOptions)
@@ -62,10 +72,12 @@ from transforms.errors import redact
 from transforms.flag import FlagViolations
 from transforms.html_report import DEFAULT_TOP, WriteHtmlReport
 from transforms.listings import InputSchemaError, ReadListings, UnreadableInputError, survey_input
+from transforms.progress import TrackProgress
 from transforms.reports import (ERRORS, REMOVED, REPORT, SCORES, SUMMARY, VIOLATIONS, ScanInfo, WriteReports,
                                 clear_outputs, read_summary)
 from transforms.score import EcomatchModelHandler, ScoreListings, SearchSwaps, SwapSearchHandler
 from transforms.state import CarryForward, previous_run
+from transforms.storage import use_storage_emulator
 
 log = logging.getLogger("ecomatch.scan")
 
@@ -116,7 +128,36 @@ def build_parser() -> argparse.ArgumentParser:
                    help="an earlier run's output prefix: listings unchanged since (same content_hash) keep its "
                         "verdict without being decoded or scored, its ids no longer read are listed in removed/; "
                         "ignored, with a warning, when that run is incomplete or had another model or calibration")
+    p.add_argument("--verbose", action="store_true", help="also log Beam's routine notices (pipelines/notices.py)")
     return p
+
+
+def beam_option_parser() -> argparse.ArgumentParser:
+    """The parser Beam itself builds from every registered ``PipelineOptions`` class."""
+    parsers: list[argparse.ArgumentParser] = []
+    PipelineOptions([]).get_all_options(add_extra_args_fn=parsers.append)
+    return parsers[0]
+
+
+def check_beam_args(beam_args: Sequence[str], scan_parser: argparse.ArgumentParser) -> None:
+    """Raise :class:`ScanConfigError` for the first of ``beam_args`` (what the scan's own
+    parser left) that is no Beam pipeline option either, naming the closest known option."""
+    parser = beam_option_parser()
+
+    def refuse(message: str) -> None:    # a Beam option with a bad value: one line, not Beam's whole usage
+        raise ScanConfigError(f"Beam pipeline option: {message}")
+
+    parser.error = refuse  # type: ignore[method-assign]
+    _, unknown = parser.parse_known_args(list(beam_args))
+    flags = [a.split("=", 1)[0] for a in unknown if a.startswith("-")]
+    if not flags:
+        if unknown:
+            raise ScanConfigError(f"unexpected argument {unknown[0]!r}")
+        return
+    known = [o for p in (scan_parser, parser) for a in p._actions for o in a.option_strings if o.startswith("--")]
+    close = difflib.get_close_matches(flags[0], known, n=1)
+    raise ScanConfigError(f"unknown option {flags[0]}" + (f" (did you mean {close[0]}?)" if close else "")
+                          + ": neither a scan option nor a Beam pipeline option (ecomatch scan --help)")
 
 
 def scan_policy(path: str | None, matcher: Matcher) -> tuple[Policy, str]:
@@ -161,13 +202,25 @@ def local_worker_threads(options: PipelineOptions) -> int | None:
     return max(1, (os.cpu_count() or 1) // workers)
 
 
+def local_processes(options: PipelineOptions) -> int | None:
+    """How many processes share a local run's work (for the progress log's estimate); None on
+    other runners, where the number of workers is the service's to choose."""
+    if options.view_as(StandardOptions).runner not in (DEFAULT_RUNNER, "DirectRunner"):
+        return None
+    direct = options.view_as(DirectOptions)
+    return (direct.direct_num_workers or 1) if direct.direct_running_mode == "multi_processing" else 1
+
+
 def run(argv: Sequence[str] | None = None, save_main_session: bool = True,
         test_pipeline: beam.Pipeline | None = None) -> PipelineResult:
     """Build and run the scan; returns the finished pipeline's result. Raises
     :class:`ScanConfigError`, ``InputSchemaError``, ``CheckpointError`` or
     ``FileNotFoundError`` before any work when an argument or an input file is unusable,
     and ``UnreadableInputError`` when a row group cannot be read (unless ``--skip-bad-files``)."""
-    args, beam_args = build_parser().parse_known_args(argv)
+    parser = build_parser()
+    args, beam_args = parser.parse_known_args(argv)
+    check_beam_args(beam_args, parser)
+    use_storage_emulator()      # STORAGE_EMULATOR_HOST: gs:// to a local emulator, anonymously
     if (args.batch_size is not None and args.batch_size < 1) or (args.model_copies is not None and args.model_copies < 1):
         raise ScanConfigError("--batch-size and --model-copies must be at least 1")
     if args.report_top < 0:
@@ -194,8 +247,9 @@ def run(argv: Sequence[str] | None = None, save_main_session: bool = True,
     info = ScanInfo(args.input, len(files) + len(survey.bad), args.output, args.model, matcher.sha256, calibration,
                     list(matcher.lexicon.kinds), _runner_name(pipeline.options if test_pipeline else options, pipeline),
                     state=previous.prefix if previous else None)
-    log.info("scanning %d file(s) matching %s (columns %s) with model %s (sha256 %s) into %s", len(files),
-             redact(args.input), ", ".join(read_columns), redact(args.model), matcher.sha256[:12], redact(args.output))
+    log.info("scanning %d listings in %d file(s) matching %s (columns %s) with model %s (sha256 %s) into %s",
+             survey.rows, len(files), redact(args.input), ", ".join(read_columns), redact(args.model),
+             matcher.sha256[:12], redact(args.output))
     clear_outputs(args.output)
 
     # The files found bad above go to the reader too: it reports them, with any found bad later.
@@ -218,7 +272,9 @@ def run(argv: Sequence[str] | None = None, save_main_session: bool = True,
     if previous:
         verdicts = (verdicts, carried) | "AllVerdicts" >> beam.Flatten()
     errors = (*failures, decode_errors, score_errors) | "MergeErrors" >> beam.Flatten()
-    reports = {"listings": listings, "verdicts": verdicts, "errors": errors, **({REMOVED: removed} if previous else {})}
+    _ = (verdicts, errors) | "TrackProgress" >> TrackProgress(survey.rows, local_processes(options))
+    reports = {"listings": listings, "verdicts": verdicts, "errors": errors, "scored": scored,
+               **({REMOVED: removed} if previous else {})}
     summary = reports | "WriteReports" >> WriteReports(info)
     # A step of the job, like summary.json, so that a launcher that does not wait (a template
     # launch) leaves nothing undone: it runs once summary.json is written.
@@ -251,8 +307,7 @@ def report_lines(summary: Mapping, prefix: str) -> list[str]:
 def main(argv: Sequence[str] | None = None) -> int:
     """Console entry point: run the scan, print the counts and where the reports are."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    # Beam logs every string annotation it cannot resolve at INFO; they are not news.
-    logging.getLogger("apache_beam.typehints.native_type_compatibility").setLevel(logging.WARNING)
+    quiet_routine_notices("--verbose" not in argv)
     try:
         result = run(argv)
     except (ScanConfigError, InputSchemaError, UnreadableInputError, CheckpointError, FileNotFoundError) as exc:

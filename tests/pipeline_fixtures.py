@@ -16,7 +16,6 @@ import gcsfs
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from apache_beam.internal.gcp import auth
 from apache_beam.runners.portability.fn_api_runner import FnApiRunner
 from apache_beam.testing.test_pipeline import TestPipeline
 from PIL import Image
@@ -119,12 +118,9 @@ def emulator() -> Iterator[str]:
 
 @pytest.fixture()
 def gcs(emulator: str, monkeypatch) -> gcsfs.GCSFileSystem:
-    """Point every client at the emulator, anonymously: Beam's GCS filesystem
-    (google-cloud-storage honours STORAGE_EMULATOR_HOST; Beam's credential lookup is
-    settled as "none", so it never probes Google auth or the metadata server) and
-    fsspec's gcsfs (token "anon")."""
+    """Point the scan at the emulator the documented way, ``STORAGE_EMULATOR_HOST`` alone
+    (the scan then makes every gs:// client anonymous: transforms/storage.py); returns a gcsfs
+    client of the emulator for the test's own reads and writes."""
     monkeypatch.setenv("STORAGE_EMULATOR_HOST", emulator)
-    monkeypatch.setattr(auth._Credentials, "_credentials_init", True)
-    monkeypatch.setattr(auth._Credentials, "_credentials", None)
-    monkeypatch.setitem(fsspec.config.conf, "gs", {"token": "anon"})
+    monkeypatch.setitem(fsspec.config.conf, "gs", {})      # what the scan adds there is undone afterwards
     return gcsfs.GCSFileSystem(token="anon", skip_instance_cache=True)

@@ -149,3 +149,13 @@ def test_project_installed_then_pip_checked(dockerfile: Dockerfile):
     [include] = [ast.literal_eval(k.value) for k in find.keywords if k.arg == "include"]
     packages = {p.split(".")[0] for p in include}
     assert packages | {"setup.py", "README.md", "infra"} <= copied, "the image must hold what setup.py installs"
+
+
+def test_every_base_image_is_pinned(dockerfile: Dockerfile):
+    images = [s.image for s in dockerfile.stages]
+    assert len(images) == 3
+    for image in images:
+        name, _, tag = image.rpartition(":") if "@sha256:" not in image else (image, "", "digest")
+        assert name and tag and tag != "latest" and "$" not in image, f"{image} is not pinned"
+    launcher = dockerfile.stage("template_launcher").image
+    assert re.search(r":flex_templates_base_image_release_\d{8}_RC\d\d$|@sha256:[0-9a-f]{64}$", launcher), launcher

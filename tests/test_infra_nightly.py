@@ -3,13 +3,18 @@ writer: exit 0 inside the bounds, 1 outside them, 2 when the night's run is miss
 from __future__ import annotations
 
 import datetime as dt
+import socket
 import time
 from pathlib import Path
 
+import pyarrow.parquet as pq
 import pytest
 from conftest import calibration_summary
+from pipeline_fixtures import model_dir_fixture  # noqa: F401 (fixture)
 
+from ecomatch_model.sample import make_listings
 from infra.nightly import Bounds, expand_dates, main, summary_problems
+from pipelines.scan import run
 from transforms.reports import ScanInfo, read_summary, write_summary
 
 DAY = dt.date(2026, 3, 1)
@@ -79,3 +84,45 @@ def test_bad_band_is_a_usage_error(band: str):
     with pytest.raises(SystemExit) as exc:
         main(["gs://r/scan/{date}", "--violation-rate", band])
     assert exc.value.code == 2
+
+
+GPU_EVENTS = {**EVENTS, "device:cuda:0\tharness-a": 600, "device:cuda:0\tharness-b": 390}
+
+
+def test_gpu_job_scored_on_gpus_passes_and_cpu_fallback_alerts(tmp_path: Path):
+    on_gpu = write_run(tmp_path / "gpu", GPU_EVENTS)
+    assert on_gpu["scoring_devices"] == [{"worker": "harness-a", "device": "cuda:0", "listings": 600},
+                                         {"worker": "harness-b", "device": "cuda:0", "listings": 390}]
+    assert summary_problems(on_gpu, Bounds((0.0, 1.0), expect_device="cuda")) == []
+    fell_back = write_run(tmp_path / "cpu", {**EVENTS, "device:cuda:0\tharness-a": 600, "device:cpu\tharness-b": 390})
+    assert summary_problems(fell_back, Bounds((0.0, 1.0))) == [], "no device expected, none checked"
+    assert summary_problems(fell_back, Bounds((0.0, 1.0), expect_device="cuda")) == [
+        "390 of 990 listings were scored on another device than cuda (harness-b on cpu): "
+        "workers fell back to the CPU?"]
+
+
+def test_device_check_on_a_run_without_devices(tmp_path: Path):
+    older = write_run(tmp_path / "old")
+    del older["scoring_devices"]
+    assert summary_problems(older, Bounds((0.0, 1.0), expect_device="cuda")) == [
+        "summary.json does not record the scoring devices (990 listings scored; expected cuda)"]
+    carried = write_run(tmp_path / "carried", {**EVENTS, "carried": 990})      # nothing went through the model
+    assert carried["scoring_devices"] == [] and carried["incremental"]["scored"] == 0
+    assert summary_problems(carried, Bounds((0.0, 1.0), expect_device="cuda")) == []
+
+
+def test_scan_records_its_device_and_the_check_alerts_off_gpu(tmp_path: Path, model_dir: str, capsys):
+    shard = tmp_path / "in" / "l.parquet"
+    shard.parent.mkdir()
+    pq.write_table(make_listings(6, seed=2, size=48), shard)
+    # --model-copies: the model in a process shared by the workers, behind Beam's proxy, as on GPU workers.
+    run(["--input", str(shard), "--output", str(tmp_path / "2026-03-01"), "--model", model_dir, "--batch-size", "4",
+         "--device", "cpu", "--model-copies", "1"], save_main_session=False)
+    summary = read_summary(str(tmp_path / "2026-03-01"))
+    assert summary["scoring_devices"] == [{"worker": socket.gethostname(), "device": "cpu", "listings": 6}]
+    argv = [str(tmp_path / "{date}"), "--violation-rate", "0:1", "--date", "2026-03-01"]
+    assert main([*argv, "--expect-device", "cpu"]) == 0
+    capsys.readouterr()
+    assert main([*argv, "--expect-device", "cuda"]) == 1
+    assert f"6 of 6 listings were scored on another device than cuda ({socket.gethostname()} on cpu)" in \
+        capsys.readouterr().err

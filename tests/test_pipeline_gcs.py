@@ -5,15 +5,39 @@ from __future__ import annotations
 
 import io
 import json
+import time
 from pathlib import Path
 
+import fsspec
 import gcsfs
 import pyarrow.parquet as pq
+from apache_beam.io.filesystems import FileSystems
 from pipeline_fixtures import BUCKET, image, listings_table
 from pipeline_fixtures import emulator, gcs, model_dir_fixture  # noqa: F401 (fixtures)
 
 from ecomatch_model.sample import make_listings
 from transforms.reports import ERRORS_SCHEMA, SCORES_SCHEMA, VIOLATIONS_SCHEMA
+from transforms.storage import EMULATOR_ENV, use_storage_emulator
+
+
+def test_emulator_variable_alone_sends_every_gs_client_there(emulator: str, monkeypatch):
+    monkeypatch.setitem(fsspec.config.conf, "gs", {})
+    monkeypatch.delenv(EMULATOR_ENV, raising=False)
+    assert not use_storage_emulator() and fsspec.config.conf["gs"] == {}
+    monkeypatch.setenv(EMULATOR_ENV, emulator)
+    started = time.monotonic()
+    assert use_storage_emulator() and fsspec.config.conf["gs"] == {"token": "anon"}
+    # Beam's GCS filesystem writes, gcsfs (as fsspec builds it for image_uri) reads, and the
+    # other way round; without the settled credentials Beam's lookup alone takes about 30 s.
+    with FileSystems.create(f"gs://{BUCKET}/probe/beam.txt") as f:
+        f.write(b"from beam")
+    fs = fsspec.filesystem("gs", skip_instance_cache=True)
+    assert fs.cat_file(f"{BUCKET}/probe/beam.txt") == b"from beam"
+    fs.pipe_file(f"{BUCKET}/probe/gcsfs.txt", b"from gcsfs")
+    with FileSystems.open(f"gs://{BUCKET}/probe/gcsfs.txt") as f:
+        assert f.read() == b"from gcsfs"
+    assert time.monotonic() - started < 10
+
 
 def test_scan_reads_and_writes_gcs(gcs: gcsfs.GCSFileSystem, model_dir: str, tmp_path: Path):
     table = make_listings(6, seed=5, size=64)

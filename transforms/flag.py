@@ -18,7 +18,7 @@ import apache_beam as beam
 from apache_beam.metrics import Metrics
 from ecomatch_model.verdict import MATCH, Finding, Policy
 
-from .progress import NAMESPACE, ProgressLog, listings_progress
+from .progress import NAMESPACE
 from .score import ScoredListing
 
 __all__ = ["MATCH", "Verdict", "flag_listing", "FlagViolations"]
@@ -58,21 +58,16 @@ def flag_listing(scored: ScoredListing, policy: Policy) -> Verdict:
 
 
 class _FlagFn(beam.DoFn):
-    """Flags listings, counts verdicts and keeps this process's progress log going."""
+    """Flags listings and counts verdicts (progress is ``TrackProgress``'s, transforms/progress.py)."""
 
     def __init__(self, policy: Policy):
         self._policy = policy
-
-    def setup(self) -> None:
-        self._progress: ProgressLog = listings_progress()
-        self._progress.start()
 
     def process(self, scored: ScoredListing) -> Iterator[Verdict]:
         v = flag_listing(scored, self._policy)
         Metrics.counter(NAMESPACE, "ok" if v.verdict == "ok" else "violations").inc()
         if v.worst_kind is not None:
             Metrics.counter(NAMESPACE, f"violations_{v.worst_kind}").inc()
-        self._progress.add()
         yield v
 
 

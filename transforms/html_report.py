@@ -522,7 +522,11 @@ def write_report(prefix: str, matcher: Matcher, policy: Policy, decoder: Listing
     shards = {name: [FileSystems.join(prefix, p) for p in summary["files"][name]]
               for name in (SCORES, VIOLATIONS, ERRORS)}
     rows = top_violations(shards[VIOLATIONS], top_n)
+    log.info("report: the %d most severe of %d violations; reading their listings again from %d input file(s)",
+             len(rows), summary["counts"]["violations"], len(files))
     found = find_listings(files, columns, list(decoder.attribute_columns), {r["listing_id"] for r in rows}, decoder)
+    log.info("report: re-scoring %d listings for their attention heatmaps, then writing %s",
+             sum(isinstance(v, tuple) for v in found.values()), FileSystems.join(prefix, REPORT))
     page = render_report(summary, severity_histogram(shards[SCORES]), rows, explain_listings(found, matcher),
                          error_examples(shards[ERRORS], summary["counts"]["errors_per_type"]), top_n, policy)
     path = FileSystems.join(prefix, REPORT)

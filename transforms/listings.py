@@ -102,6 +102,7 @@ class InputSurvey:
     files: list[str]
     columns: list[str]
     bad: dict[str, str]
+    rows: int = 0               # in the usable files, from their footers: the listings the job will read
 
 
 def survey_input(pattern: str, attribute_columns: Sequence[str], strict: bool = True) -> InputSurvey:
@@ -116,15 +117,17 @@ def survey_input(pattern: str, attribute_columns: Sequence[str], strict: bool = 
         raise InputSchemaError(f"no files match {pattern!r}")
     columns: dict[str, None] = {}
     bad: dict[str, str] = {}
+    rows = 0
     for path in files:
         try:
-            columns.update(dict.fromkeys(check_schema(path, read_footer(path).schema.to_arrow_schema(),
-                                                      attribute_columns)))
+            footer = read_footer(path)
+            columns.update(dict.fromkeys(check_schema(path, footer.schema.to_arrow_schema(), attribute_columns)))
+            rows += footer.num_rows
         except InputSchemaError as exc:
             if strict:
                 raise
             bad[path] = str(exc)
-    return InputSurvey([f for f in files if f not in bad], list(columns), bad)
+    return InputSurvey([f for f in files if f not in bad], list(columns), bad, rows)
 
 
 def to_raw_listing(file_row: tuple[str, Mapping[str, Any]], attribute_columns: Sequence[str]) -> RawListing:

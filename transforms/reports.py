@@ -19,7 +19,10 @@
   scored or reported like any other. Credentials in the input, output and
   model locations are masked (:func:`~transforms.errors.redact`). ``incremental`` splits
   ``scored`` into the verdicts carried forward from the ``--state`` run (``carried``) and
-  those the model gave now (``scored``), and counts the ``removed`` ids.
+  those the model gave now (``scored``), and counts the ``removed`` ids. ``scoring_devices``
+  lists, per worker (host name) and device (``cuda:0``, ``cpu``), how many listings the model
+  scored there: a GPU job whose workers fell back to the CPU shows ``cpu`` (``infra.nightly``
+  alerts on it).
 - ``report.html``: not written here but by the step after, ``WriteHtmlReport``
   (``transforms/html_report.py``), from the one ``summary.json`` this stage outputs.
 
@@ -130,6 +133,17 @@ def error_events(e: ErrorRecord) -> Iterator[str]:
     yield f"error:{e.error_type}"
 
 
+def device_event(scored: Any) -> str:
+    """Count key of one listing scored by the model: its device and worker (``ScoredListing``)."""
+    return f"device:{scored.device}\t{scored.worker}"
+
+
+def scoring_devices(events: Mapping[str, int]) -> list[dict[str, Any]]:
+    """``summary.json``'s ``scoring_devices``: per worker and device, the listings the model scored there."""
+    rows = [(*k[7:].split("\t", 1), n) for k, n in events.items() if k.startswith("device:")]
+    return [{"worker": w, "device": d, "listings": int(n)} for d, w, n in sorted(rows, key=lambda r: (r[1], r[0]))]
+
+
 def duplicate_events(id_count: tuple[str, int]) -> Iterator[str]:
     """Count keys of a listing id read ``n`` times: none when n is 1, else one
     ``duplicate_id`` and ``n`` ``duplicate_row``."""
@@ -189,6 +203,7 @@ def write_summary(events: Mapping[str, int], info: ScanInfo, scores: Sequence[st
         "input": {"pattern": redact(info.input), "files": info.input_files},
         "output": redact(info.output),
         "runner": info.runner,
+        "scoring_devices": scoring_devices(events),
         "started_at": _iso(info.started_at),
         "finished_at": _iso(finished),
         "seconds": round(seconds, 3),
@@ -213,8 +228,9 @@ def _shards(prefix: str, name: str, schema: pa.Schema) -> WriteToParquet:
 
 
 class WriteReports(beam.PTransform):
-    """``{"listings", "verdicts", "errors"}`` PCollections, and ``"removed"`` rows with
-    ``--state``, -> the reports under the output prefix; returns a PCollection holding the one
+    """``{"listings", "verdicts", "errors"}`` PCollections, ``"removed"`` rows with
+    ``--state`` and (optionally) the model's ``"scored"`` listings, for ``scoring_devices``,
+    -> the reports under the output prefix; returns a PCollection holding the one
     ``summary.json`` dict."""
 
     def __init__(self, info: ScanInfo):
@@ -242,12 +258,14 @@ class WriteReports(beam.PTransform):
                       | "CountIds" >> beam.combiners.Count.PerElement()
                       | "DuplicateEvents" >> beam.FlatMap(duplicate_events))
         removed = [pcolls[REMOVED]] if REMOVED in pcolls else []
+        scored = [pcolls["scored"]] if "scored" in pcolls else []
         removed_files = [r | "WriteRemoved" >> _shards(out, REMOVED, REMOVED_SCHEMA) for r in removed]
         events = ((pcolls["listings"] | "ReadEvents" >> beam.Map(lambda _: "read"),
                    verdicts | "VerdictEvents" >> beam.FlatMap(verdict_events),
                    errors | "ErrorEvents" >> beam.FlatMap(error_events),
                    duplicates,
-                   *(r | "RemovedEvents" >> beam.Map(lambda _: "removed") for r in removed))
+                   *(r | "RemovedEvents" >> beam.Map(lambda _: "removed") for r in removed),
+                   *(d | "DeviceEvents" >> beam.Map(device_event) for d in scored))
                   | "AllEvents" >> beam.Flatten()
                   | "CountEvents" >> beam.combiners.Count.PerElement()
                   | "EventCounts" >> beam.combiners.ToDict())

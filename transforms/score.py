@@ -20,7 +20,8 @@ to ``batch_size`` by repeating its last listing, so every forward pass has the s
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+import socket
+from dataclasses import dataclass, replace
 from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 import apache_beam as beam
@@ -78,6 +79,10 @@ class ListingScorer:
     def search_swaps(self, batch: ListingBatch) -> list[Swap | None]:
         return self.matcher.search_swaps(torch.from_numpy(batch.pixels), batch.text, batch.n)
 
+    def device(self) -> str:
+        """Where the model scores: ``"cuda:0"``, ``"cpu"``, ... (a call, so that it crosses the proxy too)."""
+        return str(self.matcher.device)
+
 
 class EcomatchModelHandler(ModelHandler[DecodedListing, PredictionResult, ListingScorer]):
     """RunInference handler for an ecomatch checkpoint (bundled name, path or URL).
@@ -117,7 +122,9 @@ class EcomatchModelHandler(ModelHandler[DecodedListing, PredictionResult, Listin
     def run_inference(self, batch: Sequence[DecodedListing], model: ListingScorer,
                       inference_args: dict[str, Any] | None = None) -> Iterable[PredictionResult]:
         scores = model.score(stack_batch(batch, self._batch_size))
-        return [PredictionResult(x, s, self._model) for x, s in zip(batch, scores)]
+        # model_id: where the model ran, for summary.json's scoring_devices (its name is the scan's one model).
+        device = model.device()
+        return [PredictionResult(x, s, device) for x, s in zip(batch, scores)]
 
     def get_num_bytes(self, batch: Sequence[DecodedListing]) -> int:
         return sum(x.pixels.nbytes + x.attr_mask.nbytes + x.ids.nbytes for x in batch)
@@ -145,8 +152,7 @@ class SwapSearchHandler(EcomatchModelHandler):
     def run_inference(self, batch: Sequence["ScoredListing"], model: ListingScorer,
                       inference_args: dict[str, Any] | None = None) -> Iterable[PredictionResult]:
         swaps = model.search_swaps(stack_batch([x.decoded for x in batch], SWAP_BATCH_SIZE))
-        return [PredictionResult(x, ScoredListing(x.listing_id, x.source, x.content_hash, x.origins, x.score, s),
-                                 self._model) for x, s in zip(batch, swaps)]
+        return [PredictionResult(x, replace(x, swap=s, decoded=None), self._model) for x, s in zip(batch, swaps)]
 
     def get_num_bytes(self, batch: Sequence["ScoredListing"]) -> int:
         return sum(x.decoded.pixels.nbytes for x in batch)
@@ -168,6 +174,8 @@ class ScoredListing:
     score: ListingScore
     swap: Swap | None = None
     decoded: DecodedListing | None = None
+    device: str = ""        # where it was scored ("cuda:0", "cpu") and on which worker (host name)
+    worker: str = ""
 
 
 def to_scored(result: PredictionResult, policy: Policy) -> ScoredListing:
@@ -176,7 +184,8 @@ def to_scored(result: PredictionResult, policy: Policy) -> ScoredListing:
     x: DecodedListing = result.example
     Metrics.counter(NAMESPACE, "scored").inc()
     keep = x if policy.needs_swap_search(result.inference) else None
-    return ScoredListing(x.listing_id, x.source, x.content_hash, list(x.origins), result.inference, decoded=keep)
+    return ScoredListing(x.listing_id, x.source, x.content_hash, list(x.origins), result.inference, decoded=keep,
+                         device=str(result.model_id or ""), worker=socket.gethostname())
 
 
 class ScoreListings(beam.PTransform):
@@ -202,7 +211,7 @@ def _unsearched(dead_letter: tuple[Any, tuple[type, str, Sequence[str]]]) -> Ite
     for x in batch if isinstance(batch, list) else [batch]:
         Metrics.counter(NAMESPACE, "swap_search_failed").inc()
         log.warning("swap search failed for listing %r (%s); blamed without it", x.listing_id, exc_type.__name__)
-        yield ScoredListing(x.listing_id, x.source, x.content_hash, x.origins, x.score)
+        yield replace(x, decoded=None)
 
 
 class SearchSwaps(beam.PTransform):

@@ -14,7 +14,7 @@ one process:
 
 The hash covers the model's weights, so a new model version rescans everything. The launcher
 (:func:`previous_run`) uses a state only when its run is complete (``summary.json``) and had
-the same model, thresholds and scoring rules (``SCORING_RULES``, ``transforms/reports.py``);
+the same model, calibration and scoring rules (``SCORING_RULES``, ``transforms/reports.py``);
 otherwise it says why and the scan is a full one.
 """
 from __future__ import annotations
