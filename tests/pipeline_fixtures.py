@@ -3,13 +3,14 @@ model, TestPipelines on Beam's in-process FnApiRunner, and a real local GCS serv
 (gcp-storage-emulator on 127.0.0.1). Nothing is downloaded and nothing leaves loopback."""
 from __future__ import annotations
 
+import contextlib
 import io
 import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import fsspec
 import gcsfs
@@ -93,27 +94,35 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
-def emulator() -> Iterator[str]:
-    """A gcp-storage-emulator process on 127.0.0.1 with an empty bucket; yields its URL."""
+@contextlib.contextmanager
+def local_server(command: Callable[[int], list[str]], what: str, timeout: float) -> Iterator[int]:
+    """Start ``command(port)`` on a free loopback port, wait until it accepts connections
+    (at most ``timeout`` seconds) and yield the port; the process is ended afterwards."""
     port = _free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "gcp_storage_emulator", "start", "--host=127.0.0.1",
-                             f"--port={port}", "--in-memory", f"--default-bucket={BUCKET}"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(command(port), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + timeout
         while True:
             try:
                 socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
                 break
             except OSError:
                 if proc.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError("gcp-storage-emulator did not start") from None
+                    raise RuntimeError(f"{what} did not start") from None
                 time.sleep(0.1)
-        yield f"http://127.0.0.1:{port}"
+        yield port
     finally:
         proc.terminate()
-        proc.wait(timeout=10)
+        proc.wait(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def emulator() -> Iterator[str]:
+    """A gcp-storage-emulator process on 127.0.0.1 with an empty bucket; yields its URL."""
+    with local_server(lambda port: [sys.executable, "-m", "gcp_storage_emulator", "start", "--host=127.0.0.1",
+                                    f"--port={port}", "--in-memory", f"--default-bucket={BUCKET}"],
+                      "gcp-storage-emulator", 30) as port:
+        yield f"http://127.0.0.1:{port}"
 
 
 @pytest.fixture()

@@ -7,17 +7,15 @@ Marked ``portable`` (``-m "not portable"`` leaves it out); about 20 s on two cor
 from __future__ import annotations
 
 import json
-import socket
-import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Iterator
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from pipeline_fixtures import listings_table, mixed_rows, model_dir_fixture, write_table  # noqa: F401 (fixture)
+from pipeline_fixtures import (listings_table, local_server, mixed_rows, model_dir_fixture,  # noqa: F401 (fixture)
+                               write_table)
 
 from ecomatch_model.sample import make_listings
 from pipelines.scan import run
@@ -25,32 +23,12 @@ from pipelines.scan import run
 pytestmark = pytest.mark.portable
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def job_service() -> Iterator[str]:
     """Beam's local job service on 127.0.0.1; yields its endpoint."""
-    port = _free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "apache_beam.runners.portability.local_job_service_main",
-                             "--port", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-                break
-            except OSError:
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError("Beam's local job service did not start") from None
-                time.sleep(0.2)
+    with local_server(lambda port: [sys.executable, "-m", "apache_beam.runners.portability.local_job_service_main",
+                                    "--port", str(port)], "Beam's local job service", 60) as port:
         yield f"127.0.0.1:{port}"
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
 
 
 def reports(prefix: Path) -> dict[str, object]:
