@@ -128,7 +128,7 @@ class Matcher:
         self.cfg = ckpt.model.cfg
         self.lexicon = ckpt.lexicon
         self.text_encoder = TextEncoder(ckpt.vocab, ckpt.lexicon, self.cfg.text.max_len, self.cfg.max_attrs)
-        self.policy = ckpt.policy          # the checkpoint's calibration, for callers; never used here
+        self.policy = ckpt.policy          # the checkpoint's calibration: assess()'s default; scoring never reads it
         self.batch_size = batch_size or (GPU_BATCH_SIZE if cuda else CPU_BATCH_SIZE)
         self._compiled = torch.compile(self.model) if compile else None
         # On by default on CUDA where torchvision can decode (else Pillow's path, as on the CPU).

@@ -30,6 +30,9 @@ FORMAT = "ecomatch-checkpoint/2"
 # Format 1 held thresholds.json, which the verdict policy no longer reads: such a checkpoint
 # loads without a calibration (recalibrate it with ``ecomatch calibrate``).
 OLD_FORMATS = ("ecomatch-checkpoint/1",)
+# The weights file's own metadata: its layout did not change with format 2, and keeping the
+# bytes keeps the weights' sha256 (the model's identity in reports and --state).
+WEIGHTS_FORMAT = "ecomatch-checkpoint/1"
 _FILES = ("weights.safetensors", "config.json", "vocab.json", "lexicon.json")
 CALIBRATION = "calibration.json"
 
@@ -75,7 +78,7 @@ def serialize(ckpt: Checkpoint) -> dict[str, bytes]:
     """File name -> bytes of a checkpoint directory (deterministic)."""
     state = {k: v.detach().to("cpu").contiguous() for k, v in ckpt.model.state_dict().items()}
     files = {
-        "weights.safetensors": st_save(state, metadata={"format": FORMAT}),
+        "weights.safetensors": st_save(state, metadata={"format": WEIGHTS_FORMAT}),
         "config.json": _json_bytes(ckpt.model.cfg.to_json()),
         "vocab.json": _json_bytes(ckpt.vocab.to_json()),
         "lexicon.json": _json_bytes(ckpt.lexicon.to_json()),

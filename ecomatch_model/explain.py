@@ -111,4 +111,4 @@ def render_explanation(matcher: Matcher, policy: Policy, image: ImageInput, titl
         sheet.paste(picture.resize((panel, panel), Image.BILINEAR), (x, header_h))
         for i, (text, colour) in enumerate(lines):
             draw.text((x, header_h + panel + 4 + i * line_h), _fit(draw, text, font, panel), fill=colour, font=font)
-    return sheet, score
+    return sheet, score, verdict
