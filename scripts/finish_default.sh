@@ -3,11 +3,17 @@
 # on the real listings' validation split, evaluate there, calibrate the thresholds for the
 # bundled synthetic sample_data/ on a separately rendered synthetic set (seed 303, never
 # scanned), evaluate sample_data/ at those thresholds, and install the model into
-# ecomatch_model/models/default (keeping the earlier stages' training logs) and the thresholds
-# into sample_data/thresholds.json.
-# Usage: scripts/finish_default.sh MODEL_DIR REAL_GLOB WORK
+# ecomatch_model/models/default (the checkpoint's files and card only) and the thresholds
+# into sample_data/thresholds.json. The run's per-epoch training log is kept outside the
+# installed package, as docs/training/default/train_log.stageSTAGE.jsonl (STAGE: the recipe's
+# stage number; default: one more than the logs already there).
+# Usage: scripts/finish_default.sh MODEL_DIR REAL_GLOB WORK [STAGE]
 set -euo pipefail
 model="$1"; real="$2"; work="$3"
+logs=docs/training/default
+shopt -s nullglob
+kept=("$logs"/train_log.stage*.jsonl)
+stage="${4:-$(( ${#kept[@]} + 1 ))}"
 ecomatch="${ECOMATCH:-.venv/bin/ecomatch}"
 mkdir -p "$work"
 rm -rf "$work/default" "$work/sample-cal" "$work/synthetic-303"
@@ -21,16 +27,9 @@ cp -r "$model" "$work/default"
 cp "$work/sample-cal/thresholds.json" sample_data/thresholds.json
 "$ecomatch" evaluate --model "$work/default" --data 'sample_data/*.parquet' --thresholds sample_data/thresholds.json \
   --json "$work/sample.json" --update-card --card-section "Evaluation on sample_data/ (at sample_data/thresholds.json)"
-# The earlier stages' training logs stay beside the card: the replaced model's own
-# train_log.jsonl becomes the next train_log.stageN.jsonl.
-rm -rf "$work/logs"; mkdir -p "$work/logs"
-shopt -s nullglob
-stages=(ecomatch_model/models/default/train_log.stage*.jsonl)
-cp "${stages[@]}" "$work/logs/" 2>/dev/null || true
-if [ -f ecomatch_model/models/default/train_log.jsonl ]; then
-  cp ecomatch_model/models/default/train_log.jsonl "$work/logs/train_log.stage$(( ${#stages[@]} + 1 )).jsonl"
-fi
+mkdir -p "$logs"
+cp "$model/train_log.jsonl" "$logs/train_log.stage$stage.jsonl"
 rm -rf ecomatch_model/models/default
 mkdir -p ecomatch_model/models/default
 cp "$work"/default/{weights.safetensors,config.json,vocab.json,lexicon.json,thresholds.json,manifest.json,MODEL_CARD.md} \
-   "$model"/train_log.jsonl "$work"/logs/* ecomatch_model/models/default/
+   ecomatch_model/models/default/
