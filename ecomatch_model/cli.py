@@ -248,6 +248,72 @@ def cmd_scan(argv: list[str]) -> int:
     return scan_main(argv)
 
 
+def build_parser(recipe: dict | None = None) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="ecomatch", description="Image/text consistency scanner for catalogues.")
+    p.add_argument("-v", "--verbose", action="store_true")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("model-info", help="parameters, GFLOPs per listing and input size of a config or model")
+    s.add_argument("name", help=f"config name ({', '.join(CONFIGS)}), bundled model or checkpoint path")
+    s.set_defaults(fn=cmd_model_info)
+
+    s = sub.add_parser("prune", help="physically remove the least important channels")
+    s.add_argument("--model", required=True)
+    s.add_argument("--out", required=True)
+    s.add_argument("--ratio", type=float, default=None, help="share of channels to remove (default: config's)")
+    s.set_defaults(fn=cmd_prune)
+
+    _add_train_parser(sub, recipe)
+
+    s = sub.add_parser("calibrate", help="choose thresholds for a target precision on labelled-clean data")
+    s.add_argument("--model", required=True)
+    s.add_argument("--data", required=True)
+    s.add_argument("--precision", type=float, default=0.9)
+    s.add_argument("--out", default=None, help="write the recalibrated checkpoint here (default: in place)")
+    s.add_argument("--max-eval", type=int, default=3000)
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--device", default=None)
+    _add_split_args(s)
+    s.set_defaults(fn=cmd_calibrate)
+
+    s = sub.add_parser("evaluate", help="retrieval and mismatch-detection metrics")
+    s.add_argument("--model", required=True)
+    s.add_argument("--data", required=True)
+    s.add_argument("--json", default=None)
+    s.add_argument("--queries", type=int, default=1000)
+    s.add_argument("--negatives", type=int, default=100)
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--max-eval", type=int, default=5000)
+    s.add_argument("--device", default=None)
+    s.add_argument("--thresholds", default=None, metavar="FILE",
+                   help="score at these thresholds (JSON kind -> threshold) instead of the checkpoint's")
+    s.add_argument("--update-card", action="store_true", help="write the results into the model card")
+    s.add_argument("--card-section", default="Evaluation")
+    _add_split_args(s)
+    s.set_defaults(fn=cmd_evaluate)
+
+    s = sub.add_parser("make-sample", help="render a synthetic sample catalogue")
+    s.add_argument("--out", required=True)
+    s.add_argument("--n", type=int, default=400)
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--mismatch-rate", type=float, default=0.2)
+    s.add_argument("--shards", type=int, default=2)
+    s.add_argument("--size", type=int, default=128)
+    s.set_defaults(fn=cmd_make_sample)
+
+    s = sub.add_parser("explain", help="draw one listing's per-attribute attention heatmaps and scores")
+    s.add_argument("--model", default="default")
+    s.add_argument("--image", required=True, help="image file (JPEG, PNG, WebP, GIF)")
+    s.add_argument("--title", required=True)
+    s.add_argument("--out", required=True, help="picture to write (PNG, or any format Pillow writes)")
+    s.add_argument("--device", default=None)
+    s.set_defaults(fn=cmd_explain)
+
+    sub.add_parser("scan", help="run the violation scan (Apache Beam); see `ecomatch scan --help`",
+                   add_help=False)
+    return p
+
+
 # Options of `ecomatch train` that describe one invocation rather than a recipe.
 _NOT_RECIPE = {"help", "recipe", "resume", "data_root"}
 
@@ -326,72 +392,6 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
             raise SystemExit(2) from None
         args = build_parser(recipe).parse_args(argv)
     return args
-
-
-def build_parser(recipe: dict | None = None) -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="ecomatch", description="Image/text consistency scanner for catalogues.")
-    p.add_argument("-v", "--verbose", action="store_true")
-    sub = p.add_subparsers(dest="command", required=True)
-
-    s = sub.add_parser("model-info", help="parameters, GFLOPs per listing and input size of a config or model")
-    s.add_argument("name", help=f"config name ({', '.join(CONFIGS)}), bundled model or checkpoint path")
-    s.set_defaults(fn=cmd_model_info)
-
-    s = sub.add_parser("prune", help="physically remove the least important channels")
-    s.add_argument("--model", required=True)
-    s.add_argument("--out", required=True)
-    s.add_argument("--ratio", type=float, default=None, help="share of channels to remove (default: config's)")
-    s.set_defaults(fn=cmd_prune)
-
-    _add_train_parser(sub, recipe)
-
-    s = sub.add_parser("calibrate", help="choose thresholds for a target precision on labelled-clean data")
-    s.add_argument("--model", required=True)
-    s.add_argument("--data", required=True)
-    s.add_argument("--precision", type=float, default=0.9)
-    s.add_argument("--out", default=None, help="write the recalibrated checkpoint here (default: in place)")
-    s.add_argument("--max-eval", type=int, default=3000)
-    s.add_argument("--seed", type=int, default=0)
-    s.add_argument("--device", default=None)
-    _add_split_args(s)
-    s.set_defaults(fn=cmd_calibrate)
-
-    s = sub.add_parser("evaluate", help="retrieval and mismatch-detection metrics")
-    s.add_argument("--model", required=True)
-    s.add_argument("--data", required=True)
-    s.add_argument("--json", default=None)
-    s.add_argument("--queries", type=int, default=1000)
-    s.add_argument("--negatives", type=int, default=100)
-    s.add_argument("--seed", type=int, default=0)
-    s.add_argument("--max-eval", type=int, default=5000)
-    s.add_argument("--device", default=None)
-    s.add_argument("--thresholds", default=None, metavar="FILE",
-                   help="score at these thresholds (JSON kind -> threshold) instead of the checkpoint's")
-    s.add_argument("--update-card", action="store_true", help="write the results into the model card")
-    s.add_argument("--card-section", default="Evaluation")
-    _add_split_args(s)
-    s.set_defaults(fn=cmd_evaluate)
-
-    s = sub.add_parser("make-sample", help="render a synthetic sample catalogue")
-    s.add_argument("--out", required=True)
-    s.add_argument("--n", type=int, default=400)
-    s.add_argument("--seed", type=int, default=0)
-    s.add_argument("--mismatch-rate", type=float, default=0.2)
-    s.add_argument("--shards", type=int, default=2)
-    s.add_argument("--size", type=int, default=128)
-    s.set_defaults(fn=cmd_make_sample)
-
-    s = sub.add_parser("explain", help="draw one listing's per-attribute attention heatmaps and scores")
-    s.add_argument("--model", default="default")
-    s.add_argument("--image", required=True, help="image file (JPEG, PNG, WebP, GIF)")
-    s.add_argument("--title", required=True)
-    s.add_argument("--out", required=True, help="picture to write (PNG, or any format Pillow writes)")
-    s.add_argument("--device", default=None)
-    s.set_defaults(fn=cmd_explain)
-
-    sub.add_parser("scan", help="run the violation scan (Apache Beam); see `ecomatch scan --help`",
-                   add_help=False)
-    return p
 
 
 def main(argv: list[str] | None = None) -> int:

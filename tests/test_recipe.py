@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import tomllib
 from pathlib import Path
 
 import pytest
@@ -16,6 +15,11 @@ from ecomatch_model.cli import main, parse_args, recipe_fields
 from ecomatch_model.data import read_listings
 from ecomatch_model.recipe import data_globs, dump_recipe, read_recipe, synthetic_listings
 from ecomatch_model.sample import write_sample
+
+try:
+    import tomllib
+except ModuleNotFoundError:     # Python 3.10
+    import tomli as tomllib
 
 ROOT = Path(__file__).resolve().parents[1]
 STAGES = sorted((ROOT / "recipes" / "default").glob("stage*.toml"), key=lambda p: int(p.stem[5:]))
