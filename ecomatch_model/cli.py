@@ -93,6 +93,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         raise SystemExit("ecomatch train: error: no data: give --data GLOB or a --recipe with data")
     if not args.out:
         raise SystemExit("ecomatch train: error: no output directory: give --out DIR or a --recipe with out")
+    init = load_checkpoint(resolve_model_path(args.init)) if args.init else None    # before the data: fail fast
     parts = [read_listings(d, limit=args.limit) for d in globs]
     synthetic = synthetic_listings(args.synthetic_seeds, args.synthetic_n)
     listings = concat_listings(parts + [synthetic])
@@ -120,7 +121,6 @@ def cmd_train(args: argparse.Namespace) -> int:
             + f"\n\nData: {data}: {len(train_set)} training and {len(val_set)} validation listings "
             f"(split by image content, seed {args.seed}).")
     card = cards.section("Training", body)
-    init = load_checkpoint(resolve_model_path(args.init)) if args.init else None
     ckpt = train(train_set, cfg, args.out, opts, parse_attribute_columns(args.attribute_columns),
                  resume=args.resume, card=card, init=init)
     minutes = (time.time() - t0) / 60

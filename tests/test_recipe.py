@@ -71,6 +71,13 @@ max_eval = 40
         if key not in ("data", "description"):
             assert getattr(again, key) == getattr(first, key), key
     assert data_globs(again.recipe_values["data"], again.data_root) == used["data"]
+    # The written recipe as a fine-tuning stage: init and a loss weight from the command line.
+    tuned = tmp_path / "tuned"
+    assert main(["train", "--recipe", str(out / "recipe.toml"), "--init", str(out), "--out", str(tuned),
+                 "--image-negatives", "1.0"]) == 0
+    after = load_checkpoint(str(tuned))
+    assert after.model.cfg == cfg and after.vocab.to_json() == ckpt.vocab.to_json()
+    assert [r["image_bce"] > 0 for r in map(json.loads, open(tuned / "train_log.jsonl"))] == [True]
 
 
 def test_flags_override_single_values_and_data_replaces_the_recipes(tmp_path):
