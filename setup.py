@@ -13,6 +13,8 @@ setup(
     packages=find_packages(include=["ecomatch_model", "ecomatch_model.*", "transforms", "transforms.*",
                                     "pipelines", "pipelines.*"]),
     package_data={"ecomatch_model": ["models/*/*"]},
+    # Per-epoch training logs belong to the run (docs/training/), not to the installed model.
+    exclude_package_data={"ecomatch_model": ["models/*/train_log*.jsonl", "models/*/train_state/*"]},
     include_package_data=True,
     install_requires=[
         BEAM,
@@ -23,6 +25,7 @@ setup(
         "fsspec>=2023.6",
         "gcsfs>=2023.6",
         "safetensors>=0.4",
+        "tomli>=1.1; python_version < '3.11'",   # training recipes (tomllib from Python 3.11 on)
     ],
     extras_require={
         # DataflowRunner's API client, pinned as apache-beam[gcp] pins it: tests/test_infra_job.py

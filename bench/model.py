@@ -169,12 +169,6 @@ def main(argv: list[str] | None = None) -> int:
                    help="time the model as trained instead of as Matcher holds it (ecomatch_model.model."
                         "for_inference: on CUDA NHWC stem, MLP widths padded to 8)")
     p.add_argument("--cudnn-benchmark", action="store_true", help="torch.backends.cudnn.benchmark = True")
-    p.add_argument("--mlp-multiple", type=int, default=8,
-                   help="CUDA: pad MLP widths to a multiple of this (for_inference's default: 8)")
-    p.add_argument("--flat-mlp", action="store_true",
-                   help="CUDA: MLPs on (B*N, D) rows, so fc1's product feeds GELU with no view between")
-    p.add_argument("--stem-input-channels", type=int, default=None,
-                   help="CUDA: zero-pad the first convolution's 3 input channels to this many (default: off)")
     p.add_argument("--sdpa", default=None, choices=sorted(SDPA),
                    help="restrict scaled_dot_product_attention to these backends (default: PyTorch's choice)")
     p.add_argument("--profile", type=int, default=0, metavar="N",
@@ -206,9 +200,7 @@ def main(argv: list[str] | None = None) -> int:
             if args.as_loaded:     # the model as trained: BatchNorms, pruned widths, NCHW
                 held = towers_to(copy.deepcopy(model), torch.bfloat16) if mode.startswith("bf16w") else model
             else:                  # as Matcher holds it
-                held = for_inference(model, device, "bf16-weights" if mode.startswith("bf16w") else "fp32",
-                                     mlp_multiple=args.mlp_multiple, stem_input_channels=args.stem_input_channels,
-                                     flat_mlp=args.flat_mlp)
+                held = for_inference(model, device, "bf16-weights" if mode.startswith("bf16w") else "fp32")
             run = torch.compile(held, dynamic=False, mode=args.compile_mode) if compiled else held
             for batch in (args.compile_batch_sizes or args.batch_sizes) if compiled else args.batch_sizes:
                 if cuda:
@@ -227,10 +219,7 @@ def main(argv: list[str] | None = None) -> int:
                 tflops = med * gflop / 1e3
                 rows.append({"model": name, "device": str(device), "dtype": mode, "compile": compiled,
                              "prepared": not args.as_loaded, "sdpa": args.sdpa,
-                             "cudnn_benchmark": args.cudnn_benchmark,   # the paddings apply on CUDA only:
-                             "mlp_multiple": args.mlp_multiple if cuda and not args.as_loaded else None,
-                             "stem_input_channels": args.stem_input_channels if cuda and not args.as_loaded else None,
-                             "flat_mlp": args.flat_mlp and cuda and not args.as_loaded,
+                             "cudnn_benchmark": args.cudnn_benchmark,
                              "compile_mode": (args.compile_mode or "default") if compiled else None,
                              "batch": batch, "listings_per_s": round(med, 1),
                              "min_max": [round(min(rates), 1), round(max(rates), 1)],

@@ -1,15 +1,12 @@
 #!/usr/bin/env bash
-# The `paper` forward under the variants that decide the GPU defaults, each compiled, bf16
-# weights, as Matcher holds the model: batch size; MLP widths padded to multiples of 64
-# rather than 8 (the 2026-11-26 profile showed fc1's 1,232-wide GEMMs without cuBLAS's bias
-# epilogue: a bias copy, then a GEMM that reads it back); the first convolution's 3 input
-# channels padded to 8 (it ran in cuDNN's generic NHWC kernel, 8.8% of the time); MLPs on
-# 2-D rows (--flat-mlp: fc1's product then feeds GELU directly, which lets the compiler
-# move the bias into the GELU kernel instead of the bias copy); then the
-# fast-path score check and a profile with operator shapes. ALL=1 adds cuDNN's algorithm
-# search, the attention backends and CUDA graphs (measured 2026-11-26: all within 2%).
-# One JSON per part in OUTDIR, one table at the end. No network, no Beam; about 4 minutes
-# on an H100.
+# The `paper` forward under the run-time options that could decide the GPU defaults, each
+# compiled, bf16 weights, as Matcher holds the model (``for_inference``'s one path): batch
+# size, then the fast-path score check and a profile with operator shapes. ALL=1 adds
+# cuDNN's algorithm search, the attention backends and CUDA graphs (measured 2026-11-26: all
+# within 2%). Variants of the model's layout (other MLP paddings, a padded stem input, 2-D
+# MLP rows) are no longer options of the model code: try one by changing a copy of the model
+# here in bench/ and timing it beside the default. One JSON per part in OUTDIR, one table at
+# the end. No network, no Beam; its time boxes add up to under 3 minutes without ALL=1.
 #
 #   bash bench/paper_variants.sh OUTDIR DATA_DIR     # DATA_DIR as for bench/gpu.sh
 set -u
@@ -21,18 +18,11 @@ B=${BATCH:-512}
 
 
 run compile 70 "$PY" "${BASE[@]}" --compile-batch-sizes "$B" 1024 --json "$OUT/compile.json"
-run compile-mlp64 45 "$PY" "${BASE[@]}" --compile-batch-sizes "$B" --mlp-multiple 64 --json "$OUT/compile-mlp64.json"
-run compile-stem8 45 "$PY" "${BASE[@]}" --compile-batch-sizes "$B" --stem-input-channels 8 \
-  --json "$OUT/compile-stem8.json"
-run compile-flat 45 "$PY" "${BASE[@]}" --compile-batch-sizes "$B" --flat-mlp --json "$OUT/compile-flat.json"
-run compile-mlp64-stem8 70 "$PY" "${BASE[@]}" --compile-batch-sizes "$B" 1024 --mlp-multiple 64 --stem-input-channels 8 \
-  --json "$OUT/compile-mlp64-stem8.json"
 CHECK=()
 for d in 224 60x80; do compgen -G "$DATA/$d/*.parquet" > /dev/null && CHECK+=(--data "$DATA/$d/*.parquet"); done
 [ ${#CHECK[@]} -gt 0 ] && run check 50 "$PY" bench/fastpath_check.py "${CHECK[@]}" --limit 512 --device "$DEVICE" \
   --json "$OUT/check.json"
-run profile 50 "$PY" "${BASE[@]}" --compile-batch-sizes "$B" --mlp-multiple 64 --stem-input-channels 8 --profile 30 \
-  --json "$OUT/profile.json"
+run profile 50 "$PY" "${BASE[@]}" --compile-batch-sizes "$B" --profile 30 --json "$OUT/profile.json"
 [ "${ALL:-0}" = 1 ] || SKIP=1
 [ -z "${SKIP:-}" ] && run compile-flash 45 "$PY" "${BASE[@]}" --compile-batch-sizes "$B" --sdpa flash --json "$OUT/compile-flash.json"
 [ -z "${SKIP:-}" ] && run compile-cudnn-benchmark 45 "$PY" "${BASE[@]}" --compile-batch-sizes "$B" --cudnn-benchmark \

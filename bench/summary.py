@@ -19,9 +19,6 @@ def mode_label(r: dict) -> str:
     extra += ["as loaded"] if r.get("prepared") is False else []
     extra += [f"sdpa {r['sdpa']}"] if r.get("sdpa") else []
     extra += ["cudnn.benchmark"] if r.get("cudnn_benchmark") else []
-    extra += [f"MLP widths x{r['mlp_multiple']}"] if r.get("mlp_multiple") not in (None, 8) else []
-    extra += [f"stem input {r['stem_input_channels']} channels"] if r.get("stem_input_channels") else []
-    extra += ["flat MLP"] if r.get("flat_mlp") else []
     return r["dtype"] + (f" ({', '.join(extra)})" if extra else "")
 
 

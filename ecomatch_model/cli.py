@@ -87,27 +87,49 @@ def cmd_prune(args: argparse.Namespace) -> int:
 
 def cmd_train(args: argparse.Namespace) -> int:
     from .evaluate import build_eval_set, calibrate
+    from .recipe import data_globs, dump_recipe, synthetic_listings
     from .train import TrainOptions, split_for_training, train
-    listings = concat_listings([read_listings(d, limit=args.limit) for d in args.data])
+    recipe = args.recipe_values
+    # --data replaces the recipe's globs (read as given); the recipe's are under --data-root.
+    globs = args.data if args.data is not None else data_globs(recipe.get("data", []), args.data_root)
+    if not globs and not args.synthetic_seeds:
+        raise SystemExit("ecomatch train: error: no data: give --data GLOB or a --recipe with data")
+    if not args.out:
+        raise SystemExit("ecomatch train: error: no output directory: give --out DIR or a --recipe with out")
+    init = load_checkpoint(resolve_model_path(args.init)) if args.init else None    # before the data: fail fast
+    parts = [read_listings(d, limit=args.limit) for d in globs]
+    synthetic = synthetic_listings(args.synthetic_seeds, args.synthetic_n)
+    listings = concat_listings(parts + [synthetic])
     train_set, val_set = split_for_training(listings, args.val_fraction, args.seed)
-    log.info("%d listings: %d train, %d validation", len(listings), len(train_set), len(val_set))
+    log.info("%d listings (%d synthetic): %d train, %d validation", len(listings), len(synthetic), len(train_set),
+             len(val_set))
+    # The values this run used, as a recipe that reruns it (data globs made absolute).
+    used = {k: getattr(args, k) for k in recipe_fields() if k != "description"}
+    used["data"] = [g if "://" in g else os.path.abspath(g) for g in globs]
+    os.makedirs(args.out, exist_ok=True)
+    with open(os.path.join(args.out, "recipe.toml"), "w", encoding="utf-8") as f:
+        f.write(dump_recipe({"description": recipe.get("description"), **used},
+                            f"Values used by: {_command_line()}" + (f"\nRecipe: {args.recipe}" if args.recipe else "")))
     cfg = apply_overrides(get_config(args.config), args.set)
     opts = TrainOptions(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
                         device=args.device, stop_after=args.stop_after, group_chunk=args.group_chunk,
                         time_budget=args.time_budget, trainable=args.trainable,
                         image_negatives=args.image_negatives)
     t0 = time.time()
-    data = ", ".join(f"`{d}`" for d in args.data)
-    body = (f"Command: `{_command_line()}`\n\nData: {data}: {len(train_set)} training and "
-            f"{len(val_set)} validation listings (split by image content, seed {args.seed}).")
+    data = ", ".join(f"`{d}`" for d in globs)
+    if len(synthetic):
+        data += f"{', ' if globs else ''}{len(synthetic)} synthetic listings (seeds " \
+                f"{', '.join(map(str, args.synthetic_seeds))}, {args.synthetic_n} each)"
+    body = (f"Command: `{_command_line()}`" + (f"\n\nRecipe: `{args.recipe}`" if args.recipe else "")
+            + f"\n\nData: {data}: {len(train_set)} training and {len(val_set)} validation listings "
+            f"(split by image content, seed {args.seed}).")
     card = cards.section("Training", body)
-    init = load_checkpoint(resolve_model_path(args.init)) if args.init else None
     ckpt = train(train_set, cfg, args.out, opts, parse_attribute_columns(args.attribute_columns),
                  resume=args.resume, card=card, init=init)
     minutes = (time.time() - t0) / 60
     ckpt.card = cards.header(os.path.basename(os.path.normpath(args.out)), ckpt.model) + "\n" + card + f"\nWall time: {minutes:.1f} min on " \
-        f"{args.device} ({torch.get_num_threads()} threads); per-epoch curves in `train_log.jsonl` beside the " \
-        "training output.\n"
+        f"{args.device} ({torch.get_num_threads()} threads); per-epoch curves in `train_log.jsonl` and the values " \
+        "used in `recipe.toml`, beside the training output.\n"
     if len(val_set):
         matcher = Matcher(ckpt, args.out, device=args.device)
         try:
@@ -285,7 +307,7 @@ def cmd_scan(argv: list[str]) -> int:
     return scan_main(argv)
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(recipe: dict | None = None) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="ecomatch", description="Image/text consistency scanner for catalogues.")
     p.add_argument("-v", "--verbose", action="store_true")
     sub = p.add_subparsers(dest="command", required=True)
@@ -300,38 +322,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--ratio", type=float, default=None, help="share of channels to remove (default: config's)")
     s.set_defaults(fn=cmd_prune)
 
-    s = sub.add_parser("train", help="train a model on listing Parquet shards")
-    s.add_argument("--data", required=True, action="append",
-                   help="Parquet glob (local or gs://); repeat to train on several sources together")
-    s.add_argument("--config", default="tiny", choices=sorted(CONFIGS))
-    s.add_argument("--out", required=True)
-    s.add_argument("--epochs", type=int, default=10)
-    s.add_argument("--batch-size", type=int, default=128)
-    s.add_argument("--lr", type=float, default=2e-3)
-    s.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    s.add_argument("--resume", action="store_true", help="continue the run in --out where it stopped")
-    s.add_argument("--init", default=None, metavar="MODEL",
-                   help="fine-tune: start from this checkpoint's weights, vocabulary and lexicon")
-    s.add_argument("--stop-after", type=int, default=None, help="end this run after epoch N (resume later)")
-    s.add_argument("--seed", type=int, default=0)
-    s.add_argument("--limit", type=int, default=None, help="read at most this many listings")
-    s.add_argument("--val-fraction", type=float, default=0.1)
-    s.add_argument("--time-budget", type=float, default=None, metavar="SECONDS",
-                   help="shrink the epoch plan to what fits in this many seconds (the schedule follows)")
-    s.add_argument("--group-chunk", type=int, default=0,
-                   help="hard negatives: batches made of runs of N listings of one article type (0: off)")
-    s.add_argument("--trainable", choices=["all", "aga"], default="all",
-                   help="aga: fine-tune only the attribute-guided attention (with --init); the rest stays frozen")
-    s.add_argument("--image-negatives", type=float, default=0.0, metavar="WEIGHT",
-                   help="weight of the image-swap attribute loss: titles scored against another listing's "
-                        "image, values it contradicts pushed to 0 (0: off)")
-    s.add_argument("--precision", type=float, default=0.5,
-                   help="operating point chosen on the validation split: expected precision at prevalence 0.02")
-    s.add_argument("--max-eval", type=int, default=3000)
-    s.add_argument("--attribute-columns", default=None, help="column=kind,... (default: the catalogue's)")
-    s.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a config field for an ablation, e.g. compression=1 or image.depth=2")
-    s.set_defaults(fn=cmd_train)
+    _add_train_parser(sub, recipe)
 
     s = sub.add_parser("calibrate", help="fit the verdict's calibration and choose its operating point on "
                                          "listings believed correct")
@@ -393,12 +384,93 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+# Options of `ecomatch train` that describe one invocation rather than a recipe.
+_NOT_RECIPE = {"help", "recipe", "resume", "data_root"}
+
+
+def _add_train_parser(sub, recipe: dict | None = None) -> argparse.ArgumentParser:
+    """The train subcommand; ``recipe`` (checked values of --recipe) become its defaults."""
+    s = sub.add_parser("train", help="train a model on listing Parquet shards")
+    s.add_argument("--recipe", default=None, metavar="FILE",
+                   help="a recipe (flat TOML, recipes/): its values are the defaults of the options below, "
+                        "which override single values")
+    s.add_argument("--data", default=None, action="append",
+                   help="Parquet glob (local or gs://); repeat to train on several sources together "
+                        "(replaces the recipe's data)")
+    s.add_argument("--data-root", default="../shared/data", metavar="DIR",
+                   help="where a recipe's relative data globs are read (default: %(default)s)")
+    s.add_argument("--synthetic-seeds", nargs="*", type=int, default=[], metavar="SEED",
+                   help="add a synthetic catalogue rendered for each seed (as make-sample --mismatch-rate 0)")
+    s.add_argument("--synthetic-n", type=int, default=0, metavar="N", help="synthetic listings per seed")
+    s.add_argument("--config", default="tiny", choices=sorted(CONFIGS))
+    s.add_argument("--out", default=None, help="checkpoint directory (required unless the recipe names one)")
+    s.add_argument("--epochs", type=int, default=10)
+    s.add_argument("--batch-size", type=int, default=128)
+    s.add_argument("--lr", type=float, default=2e-3)
+    s.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    s.add_argument("--resume", action="store_true", help="continue the run in --out where it stopped")
+    s.add_argument("--init", default=None, metavar="MODEL",
+                   help="fine-tune: start from this checkpoint's weights, vocabulary and lexicon")
+    s.add_argument("--stop-after", type=int, default=None, help="end this run after epoch N (resume later)")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--limit", type=int, default=None, help="read at most this many listings of each data glob")
+    s.add_argument("--val-fraction", type=float, default=0.1)
+    s.add_argument("--time-budget", type=float, default=None, metavar="SECONDS",
+                   help="shrink the epoch plan to what fits in this many seconds (the schedule follows)")
+    s.add_argument("--group-chunk", type=int, default=0,
+                   help="hard negatives: batches made of runs of N listings of one article type (0: off)")
+    s.add_argument("--trainable", choices=["all", "aga"], default="all",
+                   help="aga: fine-tune only the attribute-guided attention (with --init); the rest stays frozen")
+    s.add_argument("--image-negatives", type=float, default=0.0, metavar="WEIGHT",
+                   help="weight of the image-swap attribute loss: titles scored against another listing's "
+                        "image, values it contradicts pushed to 0 (0: off)")
+    s.add_argument("--precision", type=float, default=0.5,
+                   help="operating point chosen on the validation split: expected precision at prevalence 0.02")
+    s.add_argument("--max-eval", type=int, default=3000)
+    s.add_argument("--attribute-columns", default=None, help="column=kind,... (default: the catalogue's)")
+    s.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config field for an ablation, e.g. compression=1 or image.depth=2 "
+                        "(added after the recipe's)")
+    recipe = recipe or {}
+    # --data is left out: a command-line --data replaces the recipe's globs instead of adding to them.
+    s.set_defaults(fn=cmd_train, recipe_values=recipe,
+                   **{k: v for k, v in recipe.items() if k not in ("data", "description")})
+    return s
+
+
+def recipe_fields() -> dict:
+    """Recipe key -> :class:`~ecomatch_model.recipe.Field`, from the train command's options."""
+    from .recipe import Field
+    s = _add_train_parser(argparse.ArgumentParser().add_subparsers())
+    fields = {"description": Field(str)}
+    for a in s._actions:
+        if a.dest in _NOT_RECIPE:
+            continue
+        many = isinstance(a, argparse._AppendAction) or a.nargs == "*"
+        fields[a.dest] = Field(a.type or str, many, tuple(a.choices) if a.choices else None)
+    return fields
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    """The command line; for ``train --recipe FILE`` parsed again with the recipe's values as defaults."""
+    from .recipe import RecipeError, read_recipe
+    args = build_parser().parse_args(argv)
+    if getattr(args, "recipe", None):
+        try:
+            recipe = read_recipe(args.recipe, recipe_fields())
+        except RecipeError as exc:
+            print(f"ecomatch train: error: {exc}", file=sys.stderr)
+            raise SystemExit(2) from None
+        args = build_parser(recipe).parse_args(argv)
+    return args
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["scan"]:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
         return cmd_scan(argv[1:])
-    args = build_parser().parse_args(argv)
+    args = parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     return args.fn(args)

@@ -28,11 +28,8 @@ class GatedMLP(nn.Module):
         self.fc1 = nn.Linear(dim, hidden)
         self.fc2 = nn.Linear(hidden, dim)
         self.gate = nn.Parameter(torch.ones(hidden))
-        self.flat = False   # run on (B*N, D) rows (:func:`for_inference`'s ``flat_mlp``)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.flat:   # fc1's matrix product then feeds GELU directly, with no view between
-            return self.fc2(F.gelu(self.fc1(x.reshape(-1, x.shape[-1]))) * self.gate).view(x.shape)
         return self.fc2(F.gelu(self.fc1(x)) * self.gate)
 
 
@@ -75,13 +72,18 @@ def _conv_bn(cin: int, cout: int, kernel: int, stride: int) -> nn.Sequential:
                          nn.BatchNorm2d(cout), nn.GELU())
 
 
+def weight_memory_format(weight: torch.Tensor) -> torch.memory_format:
+    """``torch.channels_last`` for a 4-D weight held in NHWC, else ``torch.contiguous_format``."""
+    nhwc = weight.dim() == 4 and weight.is_contiguous(memory_format=torch.channels_last) \
+        and not weight.is_contiguous()
+    return torch.channels_last if nhwc else torch.contiguous_format
+
+
 class ITransformer(nn.Module):
     """Image tower. pixels (B, 3, S, S) -> tokens (B, G*G, D), pooled (B, D)."""
 
     def __init__(self, cfg: ImageConfig):
         super().__init__()
-        self.channels_last = False   # set by :func:`for_inference` on CUDA: NHWC convolutions
-        self.input_pad = 0           # zero channels appended to the pixels (:func:`pad_stem_input`)
         c = cfg.stem_channels
         # Two stride-2 3x3 convs, then a patchifying conv for the remaining stride.
         self.stem = nn.Sequential(_conv_bn(3, c, 3, 2), _conv_bn(c, 2 * c, 3, 2),
@@ -91,11 +93,9 @@ class ITransformer(nn.Module):
         self.norm = nn.LayerNorm(cfg.width)
 
     def forward(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        if self.input_pad:
-            pixels = F.pad(pixels, (0, 0, 0, 0, 0, self.input_pad))   # (B, 3, S, S) -> (B, 3 + pad, S, S)
-        if self.channels_last:
-            pixels = pixels.contiguous(memory_format=torch.channels_last)
-        x = self.stem(pixels)                      # (B, D, G, G)
+        # The pixels take the stem's memory format (NHWC once :func:`align_for_gpu` has
+        # converted its weights), so the first convolution needs no layout change of its own.
+        x = self.stem(pixels.contiguous(memory_format=weight_memory_format(self.stem[0][0].weight)))  # (B, D, G, G)
         x = x.flatten(2).transpose(1, 2) + self.pos  # (B, D, G, G) -> (B, G*G, D)
         for blk in self.blocks:
             x = blk(x)
@@ -294,49 +294,27 @@ def pad_hidden(model: DualMatcher, multiple: int = 8) -> DualMatcher:
     return model
 
 
-@torch.no_grad()
-def pad_stem_input(model: DualMatcher, channels: int = 8) -> DualMatcher:
-    """Give the first convolution ``channels`` input channels, the pixels' 3 and zeros, with
-    zero weights for the added ones. Exact. For NHWC convolution kernels that need 16-byte
-    channel rows. In place; returns ``model``."""
-    conv = model.image.stem[0][0]
-    extra = channels - conv.in_channels - model.image.input_pad
-    if extra <= 0:
-        return model
-    new = nn.Conv2d(conv.in_channels + extra, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
-                    bias=conv.bias is not None).to(conv.weight.device, conv.weight.dtype)
-    new.weight.zero_()[:, : conv.in_channels] = conv.weight
-    if conv.bias is not None:
-        new.bias.copy_(conv.bias)
-    model.image.stem[0][0] = new
-    model.image.input_pad += extra
+def align_for_gpu(model: DualMatcher) -> DualMatcher:
+    """The layout changes :func:`for_inference` makes on CUDA: MLP widths padded to
+    multiples of 8 (:func:`pad_hidden`) and the stem's convolutions in NHWC, which cuDNN runs
+    faster than NCHW. Exact up to float rounding; runs on any device. In place; returns ``model``."""
+    pad_hidden(model, 8)
+    model.image.stem.to(memory_format=torch.channels_last)
     return model
 
 
-def for_inference(model: DualMatcher, device: torch.device | str, precision: str = "fp32", *,
-                  mlp_multiple: int = 8, stem_input_channels: int | None = None,
-                  flat_mlp: bool = False) -> DualMatcher:
+def for_inference(model: DualMatcher, device: torch.device | str, precision: str = "fp32") -> DualMatcher:
     """A copy of ``model`` made for scoring on ``device``: eval mode, towers in bf16 for
-    ``precision="bf16-weights"``, and on CUDA MLP widths padded to multiples of 8 and NHWC
-    stem convolutions. ``mlp_multiple``, ``stem_input_channels`` (:func:`pad_stem_input`,
-    off by default) and ``flat_mlp`` (MLPs on 2-D rows) are there for bench/model.py to
-    compare on a GPU. Same scores as ``model`` up to float rounding. The copy is made where
-    ``model`` is, then moved. (Folding the stem's BatchNorms into the convolutions was tried
-    and left out: under bf16 weights it raised the largest score difference from fp32 by a
-    third on real listings, and compiled models fuse BatchNorm into the GELU after it anyway.)"""
+    ``precision="bf16-weights"``, and on CUDA :func:`align_for_gpu`'s layout. Same scores as
+    ``model`` up to float rounding. The copy is made where ``model`` is, then moved. (Folding
+    the stem's BatchNorms into the convolutions was left out: under bf16 weights it made the
+    scores differ more from fp32's; measurements in bench/RESULTS.md.)"""
     device = torch.device(device)
     out = copy.deepcopy(model).eval()
     if precision == "bf16-weights":
         towers_to(out, torch.bfloat16)
     if device.type == "cuda":
-        pad_hidden(out, mlp_multiple)
-        if stem_input_channels:
-            pad_stem_input(out, stem_input_channels)
-        for m in out.modules():
-            if isinstance(m, GatedMLP):
-                m.flat = flat_mlp
-        out.image.stem.to(memory_format=torch.channels_last)
-        out.image.channels_last = True
+        align_for_gpu(out)
     return out.to(device)
 
 

@@ -1,36 +1,23 @@
 #!/usr/bin/env bash
-# Turn a trained real-data checkpoint into the shipped default model, on the CPU: calibrate
-# on the real listings' validation split, evaluate there, calibrate the thresholds for the
-# bundled synthetic sample_data/ on a separately rendered synthetic set (seed 303, never
-# scanned), evaluate sample_data/ at those thresholds, and install the model into
-# ecomatch_model/models/default (keeping the earlier stages' training logs) and the thresholds
-# into sample_data/thresholds.json.
-# Usage: scripts/finish_default.sh MODEL_DIR REAL_GLOB WORK
+# Turn a trained real-data checkpoint into the shipped default model, on the CPU: install it
+# into ecomatch_model/models/default (the checkpoint's files and card only), keep the run's
+# per-epoch training log outside the installed package, as
+# docs/training/default/train_log.stageSTAGE.jsonl (STAGE: the recipe's stage number;
+# default: one more than the logs already there), then calibrate and evaluate it with
+# scripts/calibrate_default.sh (the verdict's calibration on the real catalogue, evaluation
+# on both photo folders, sample_data/calibration.json).
+# Usage: scripts/finish_default.sh MODEL_DIR DATA_DIR WORK [STAGE]
 set -euo pipefail
-model="$1"; real="$2"; work="$3"
-ecomatch="${ECOMATCH:-.venv/bin/ecomatch}"
-mkdir -p "$work"
-rm -rf "$work/default" "$work/sample-cal" "$work/synthetic-303"
-cp -r "$model" "$work/default"
-"$ecomatch" calibrate --model "$work/default" --data "$real" --split val --precision 0.9
-"$ecomatch" evaluate --model "$work/default" --data "$real" --split val --json "$work/real-val.json" --update-card
-# Thresholds for the synthetic catalogue: the same procedure on 1,000 rendered listings.
-"$ecomatch" make-sample --out "$work/synthetic-303" --n 1000 --seed 303 --mismatch-rate 0 --shards 1
-"$ecomatch" calibrate --model "$work/default" --data "$work/synthetic-303/*.parquet" --precision 0.9 \
-  --out "$work/sample-cal"
-cp "$work/sample-cal/thresholds.json" sample_data/thresholds.json
-"$ecomatch" evaluate --model "$work/default" --data 'sample_data/*.parquet' --thresholds sample_data/thresholds.json \
-  --json "$work/sample.json" --update-card --card-section "Evaluation on sample_data/ (at sample_data/thresholds.json)"
-# The earlier stages' training logs stay beside the card: the replaced model's own
-# train_log.jsonl becomes the next train_log.stageN.jsonl.
-rm -rf "$work/logs"; mkdir -p "$work/logs"
+model="$1"; data="$2"; work="$3"
+logs=docs/training/default
 shopt -s nullglob
-stages=(ecomatch_model/models/default/train_log.stage*.jsonl)
-cp "${stages[@]}" "$work/logs/" 2>/dev/null || true
-if [ -f ecomatch_model/models/default/train_log.jsonl ]; then
-  cp ecomatch_model/models/default/train_log.jsonl "$work/logs/train_log.stage$(( ${#stages[@]} + 1 )).jsonl"
-fi
+kept=("$logs"/train_log.stage*.jsonl)
+stage="${4:-$(( ${#kept[@]} + 1 ))}"
+mkdir -p "$work"
+mkdir -p "$logs"
+cp "$model/train_log.jsonl" "$logs/train_log.stage$stage.jsonl"
 rm -rf ecomatch_model/models/default
 mkdir -p ecomatch_model/models/default
-cp "$work"/default/{weights.safetensors,config.json,vocab.json,lexicon.json,thresholds.json,manifest.json,MODEL_CARD.md} \
-   "$model"/train_log.jsonl "$work"/logs/* ecomatch_model/models/default/
+cp "$model"/{weights.safetensors,config.json,vocab.json,lexicon.json,manifest.json,MODEL_CARD.md} \
+   ecomatch_model/models/default/
+bash scripts/calibrate_default.sh ecomatch_model/models/default "$data" "$work"

@@ -1,45 +1,40 @@
 #!/usr/bin/env bash
 # Fine-tune on real listings plus a larger synthetic catalogue, runs side by side, on a GPU
-# machine that has torch but not this project installed. RUNS lists NAME:INIT:SEEDS_GLOB
-# (default: A, the shipped default on synthetic seeds 101-104; B, the same on seeds 101-108,
-# twice as many); SEEDS are the synthetic seeds rendered, SYNTH_N listings each. Then every run and the
-# starting model are measured the same way: thresholds calibrated on a synthetic set
-# rendered with seed 303, the deliberate mismatches of sample_data/ at those thresholds,
-# and the real validation split of the shards given. Results (JSON) and the runs (tar parts
-# of at most 15 MB) go to OUT. Each run is time-boxed by SECONDS_BOX.
+# machine that has torch but not this project installed: stages 4 and 5 of the default model
+# (recipes/default/stage4.toml, stage5.toml; stage 5 starts from stage 4, so they ran one
+# after the other). RUNS lists NAME:RECIPE[:INIT] (INIT overrides the recipe's starting
+# checkpoint, e.g. where it travelled; default: stage 4 from its recipe's init). Then
+# every run and the starting default model are measured the same way: thresholds calibrated
+# on a synthetic set rendered with seed 303, the deliberate mismatches of sample_data/ at
+# those thresholds, and the real validation split of REAL_GLOB. Machine plumbing only: the
+# recipes hold the training values; DATA_ROOT is where their data was copied; each run is
+# time-boxed (SECONDS_BOX, MEASURE_BOX). Results (JSON) and the runs (tar parts of at most
+# 15 MB) go to OUT.
 # Usage: scripts/gpu_finetune_synth.sh OUT REAL_GLOB
 set -uo pipefail
 out="$1"; real="$2"
-device="${DEVICE:-cuda}"; seconds="${SECONDS_BOX:-240}"; synth_n="${SYNTH_N:-4000}"; lr="${LR:-2e-4}"
+data_root="${DATA_ROOT:-.data}"; device="${DEVICE:-cuda}"; seconds="${SECONDS_BOX:-240}"
 py="${PYTHON:-python3}"; cal_n="${CAL_N:-1000}"
 export PYTHONPATH="$PWD" PYTHONUNBUFFERED=1
 work="$(mktemp -d)"
 cli() { "$py" -m ecomatch_model.cli "$@"; }
 "$py" -c "import torch; print('torch', torch.__version__, 'cuda', torch.cuda.is_available() and torch.cuda.get_device_name())"
 echo "real: $(ls $real 2>/dev/null | wc -l) shards"
-t0=$SECONDS
-seeds="${SEEDS:-101 102 103 104 105 106 107 108}"
-runs="${RUNS:-A:ecomatch_model/models/default:10[1-4] B:ecomatch_model/models/default:*}"
-for seed in $seeds; do
-  cli make-sample --out "$work/synth/$seed" --n "$synth_n" --seed "$seed" --mismatch-rate 0 --shards 1 >/dev/null &
-done
-cli make-sample --out "$work/cal" --n "$cal_n" --seed 303 --mismatch-rate 0 --shards 1 >/dev/null &
-wait
-echo "synthetic catalogue: $(($(echo $seeds | wc -w) * synth_n)) listings in $((SECONDS - t0)) s"
+runs="${RUNS:-stage4:recipes/default/stage4.toml}"
+cli make-sample --out "$work/cal" --n "$cal_n" --seed 303 --mismatch-rate 0 --shards 1 >/dev/null
 
-train() {  # name init synthetic-glob
-  local name="$1" init="$2" synth="$3" t0=$SECONDS
-  OMP_NUM_THREADS=4 timeout "$seconds" "$py" -m ecomatch_model.cli train --data "$real" --data "$synth" \
-    --init "$init" --out "$work/$name" --epochs 40 --batch-size 256 --lr "$lr" \
-    --device "$device" --max-eval 300 --time-budget $((seconds - 50)) > "$work/$name.log" 2>&1
+train() {  # name recipe [init]
+  local name="$1" recipe="$2" init="${3:-}" t0=$SECONDS
+  OMP_NUM_THREADS=4 timeout "$seconds" "$py" -m ecomatch_model.cli train --recipe "$recipe" --data-root "$data_root" \
+    ${init:+--init "$init"} --out "$work/$name" --device "$device" > "$work/$name.log" 2>&1
   echo "$name: exit $? after $((SECONDS - t0)) s"
   grep -vE "step [0-9]+/[0-9]+ loss|threshold " "$work/$name.log" | tail -4
 }
 names=()
 for r in $runs; do
-  IFS=: read -r name init glob <<< "$r"
+  IFS=: read -r name recipe init <<< "$r"
   names+=("$name")
-  train "$name" "$init" "$work/synth/$glob/*.parquet" &
+  train "$name" "$recipe" "$init" &
 done
 wait
 

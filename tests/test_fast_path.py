@@ -1,8 +1,11 @@
 """The inference fast path, as far as the CPU can check it: bf16 autocast against fp32,
-uint8 pixels normalised on the device, the compile switch, the handler's options, and the
-batched JPEG decode (``decode_batch``) against the Pillow path it stands in for."""
+uint8 pixels normalised on the device, the compile switch, the handler's options, the layout
+``for_inference`` gives the model on CUDA, and the batched JPEG decode (``decode_batch``)
+against the Pillow path it stands in for."""
 from __future__ import annotations
 
+import copy
+import inspect
 import io
 
 import numpy as np
@@ -14,9 +17,12 @@ from pipeline_fixtures import matcher_fixture, model_dir_fixture  # noqa: F401 (
 
 from ecomatch_model import api
 from ecomatch_model.api import CPU_BATCH_SIZE, GPU_BATCH_SIZE, Matcher, to_device
+from ecomatch_model.model import align_for_gpu, for_inference
 from ecomatch_model.preprocess import (ImageDecodeError, ImageTooLargeError, decode_batch, draft_factor,
                                        jpeg_header, normalize, preprocess, to_uint8)
+from ecomatch_model.prune import prune_model
 from ecomatch_model.sample import render_image
+from ecomatch_model.text import TextEncoder
 from transforms.decode import ListingDecoder
 from transforms.listings import RawListing
 from transforms.score import EcomatchModelHandler, ListingScorer, stack_batch
@@ -110,6 +116,60 @@ def test_compile_switch_runs_the_forward_through_torch_compile(tiny_ckpt, monkey
     got = Matcher(tiny_ckpt, device="cpu", compile=True).score(images, TITLES[:2])
     assert calls == [6]
     assert np.array_equal(score_values(got), score_values(ref))
+
+
+# ---------------------------------------------------------------------- for_inference's one path
+def model_inputs(ckpt, n: int = 4) -> list[torch.Tensor]:
+    cfg = ckpt.model.cfg
+    enc = TextEncoder(ckpt.vocab, ckpt.lexicon, cfg.text.max_len, cfg.max_attrs).encode(TITLES[:n])
+    raw = np.stack([to_uint8(photo(60, 80, i), cfg.image.image_size) for i in range(n)])
+    return [normalize(torch.from_numpy(raw)),
+            *[torch.from_numpy(a) for a in (enc.ids, enc.mask, enc.attr_mask, enc.attr_valid, enc.attr_value)]]
+
+
+def stem_input_is_nhwc(model, inputs) -> bool:
+    seen = []
+    hook = model.image.stem[0][0].register_forward_pre_hook(lambda _, args: seen.append(args[0]))
+    with torch.no_grad():
+        model(*inputs)
+    hook.remove()
+    x = seen[0]
+    return x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
+
+
+def test_the_cuda_layout_is_exact_on_the_cpu(tiny_ckpt):
+    """align_for_gpu is all for_inference changes on CUDA: aligned MLP widths and an NHWC stem."""
+    m = prune_model(copy.deepcopy(tiny_ckpt.model).eval())
+    blocks = lambda model: [*model.image.blocks, *model.text.blocks]   # noqa: E731
+    assert [b.mlp.fc1.out_features for b in blocks(m)] == [154] * 4    # pruned: unaligned
+    inputs = model_inputs(tiny_ckpt)
+    with torch.no_grad():
+        ref = m(*inputs)
+    fast = align_for_gpu(copy.deepcopy(m))
+    assert [b.mlp.fc1.out_features for b in blocks(fast)] == [160] * 4
+    assert [b.mlp.fc1.out_features for b in blocks(align_for_gpu(copy.deepcopy(fast)))] == [160] * 4   # once only
+    with torch.no_grad():
+        assert all((b.mlp.fc1.weight[154:] == 0).all() and (b.mlp.fc1.bias[154:] == 0).all()
+                   and (b.mlp.fc2.weight[:, 154:] == 0).all() for b in blocks(fast))
+    assert all(c.weight.is_contiguous(memory_format=torch.channels_last) and not c.weight.is_contiguous()
+               for c in fast.image.stem.modules() if isinstance(c, torch.nn.Conv2d))
+    assert stem_input_is_nhwc(fast, inputs) and not stem_input_is_nhwc(m, inputs)
+    with torch.no_grad():
+        got = fast(*inputs)
+    for name in ("image_embed", "text_embed", "match", "attr_logits", "attr_score", "attention"):
+        assert torch.allclose(getattr(got, name), getattr(ref, name), atol=2e-5), name
+    assert torch.equal(got.attr_logits.isinf(), ref.attr_logits.isinf())
+
+
+def test_for_inference_has_one_path_and_on_the_cpu_only_copies(tiny_ckpt):
+    assert list(inspect.signature(for_inference).parameters) == ["model", "device", "precision"]
+    m = prune_model(copy.deepcopy(tiny_ckpt.model).eval())
+    inputs = model_inputs(tiny_ckpt)
+    cpu = for_inference(m, "cpu")
+    assert cpu is not m and cpu.image.blocks[0].mlp.fc1.out_features == 154
+    assert not stem_input_is_nhwc(cpu, inputs)
+    with torch.no_grad():
+        assert torch.equal(cpu(*inputs).attr_score, m(*inputs).attr_score)
 
 
 # ---------------------------------------------------------------------- the ModelHandler

@@ -1,11 +1,9 @@
-import copy
-
 import pytest
 import torch
 
 from ecomatch_model.checkpoint import build_model
 from ecomatch_model.config import get_config
-from ecomatch_model.model import count_parameters, for_inference, pad_hidden, pad_stem_input, prunable_channels
+from ecomatch_model.model import count_parameters, prunable_channels
 from ecomatch_model.prune import prune_model
 from ecomatch_model.text import TextEncoder
 
@@ -119,28 +117,3 @@ def test_config_overrides_for_ablations():
     assert cfg.name == "base[compression=1,image.depth=2]"
     with pytest.raises(ValueError, match="unknown config field 'image.dropout'"):
         apply_overrides(get_config("base"), ["image.dropout=0.1"])
-
-
-def test_inference_copy_pads_goes_nhwc_and_scores_the_same(tiny_ckpt):
-    m = prune_model(copy.deepcopy(tiny_ckpt.model).eval())
-    assert all(h % 8 for h in m.cfg.image.mlp_hidden + m.cfg.text.mlp_hidden)   # 154: unaligned
-    pixels, enc, t = _batch(tiny_ckpt, TITLES)
-    ref = m(pixels, *t)
-    fast = pad_stem_input(pad_hidden(copy.deepcopy(m), 8), 8)   # the second: a bench option on CUDA
-    assert fast.image.stem[0][0].in_channels == 8 and fast.image.input_pad == 5
-    assert pad_stem_input(fast, 8).image.input_pad == 5                     # once only
-    fast.image.stem.to(memory_format=torch.channels_last)   # what for_inference adds on CUDA
-    fast.image.channels_last = True
-    for b in [*fast.image.blocks, *fast.text.blocks]:
-        b.mlp.flat = True                                    # a bench option on CUDA
-    assert [b.mlp.fc1.out_features for b in [*fast.image.blocks, *fast.text.blocks]] == [160] * 4
-    with torch.no_grad():
-        assert all((b.mlp.fc1.weight[154:] == 0).all() and (b.mlp.fc2.weight[:, 154:] == 0).all()
-                   for b in fast.image.blocks)
-    got = fast(pixels, *t)
-    for name in ("image_embed", "text_embed", "match", "attr_logits", "attr_score", "attention"):
-        assert torch.allclose(getattr(got, name), getattr(ref, name), atol=2e-5), name
-    # On the CPU for_inference only copies: the model it was given is not the one returned.
-    cpu = for_inference(m, "cpu")
-    assert cpu is not m and not cpu.image.channels_last and cpu.image.blocks[0].mlp.fc1.out_features == 154
-    assert torch.equal(cpu(pixels, *t).attr_score, ref.attr_score)
