@@ -267,11 +267,11 @@ def test_a_bundle_fault_fails_the_local_job_and_a_retry_is_complete(small_input:
     args = ["--input", str(small_input / "*.parquet"), "--output", str(tmp_path / "out"), "--batch-size", "1"]
     flag, calls = transforms.flag.flag_listing, []
 
-    def fails_once(scored: Any):
+    def fails_once(scored: Any, policy: Any):
         calls.append(scored.listing_id)
         if len(calls) == 1:
             raise TransientFault("worker lost its connection")
-        return flag(scored)
+        return flag(scored, policy)
     monkeypatch.setattr(transforms.flag, "flag_listing", fails_once)
     with pytest.raises(TransientFault, match="worker lost its connection"):
         run(args, save_main_session=False)
