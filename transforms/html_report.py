@@ -59,7 +59,7 @@ log = logging.getLogger(__name__)
 DEFAULT_TOP = 200
 THUMB_PX = 128          # longer side of every picture in the page
 JPEG_QUALITY = 80
-MAX_HEATMAPS = 3        # per card: the worst failing attributes
+MAX_HEATMAPS = 3        # per card: the findings, blamed one first
 MAX_TEXT = 300          # characters of any one piece of listing text (title, id, message)
 MAX_REASONS = 8
 ERROR_EXAMPLES = 3
@@ -500,10 +500,10 @@ def render_report(summary: Mapping[str, Any], histogram: Sequence[int], rows: Se
             f'<header><h1>ecomatch violation report</h1><div>{esc(summary["input"]["pattern"])} &middot; '
             f'finished {esc(summary["finished_at"])}</div></header>'
             + summary_html(summary, histogram)
-            + f'<section id="violations"><h2>Violations: the {len(rows)} most severe of {c["violations"]}</h2>'
+            + f'<section id="violations"><h2>Violations: the {len(rows)} likeliest of {c["violations"]}</h2>'
             f'<p class="muted">At most {top_n} per report (<span class="mono">--report-top</span>); all of them '
             f'are in <span class="mono">violations/</span>. Heatmaps show where the model looked for each '
-            f'failing attribute on the image it saw (red = most attention).</p>'
+            f'finding on the image it saw (red = most attention).</p>'
             f'<div class="controls"><label>kind <select id="kind"><option value="">all kinds ({len(rows)})</option>'
             f'{options}</select></label> <label>order <select id="sort">'
             f'<option value="desc">most likely first</option><option value="asc">least likely first</option>'
