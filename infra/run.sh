@@ -2,7 +2,7 @@
 # Launch one scan from the flex template. OUTPUT defaults to REPORTS/{date} (today, UTC); with
 # STATE (an earlier run's prefix, e.g. REPORTS/{yesterday}) listings unchanged since keep its
 # verdicts. More gcloud flags pass through, e.g. --max-workers 16.
-# Usage: PROJECT=... [INPUT=... OUTPUT=... MODEL=... STATE=...] infra/run.sh [gcloud flags...]
+# Usage: PROJECT=... [INPUT=... OUTPUT=... MODEL=... STATE=... IMAGE_PREFIXES=...] infra/run.sh [gcloud flags...]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source infra/common.sh
@@ -12,4 +12,4 @@ gcloud dataflow flex-template run "ecomatch-$(date -u +%Y%m%d-%H%M%S)" \
     --project "$PROJECT" --region "$REGION" --template-file-gcs-location "$TEMPLATE" \
     --service-account-email "$WORKER_SA" \
     --staging-location "gs://${BUCKET}/staging" --temp-location "gs://${BUCKET}/tmp" \
-    --parameters "^~^input=${INPUT}~output=${OUTPUT}~model=${MODEL}${STATE:+~state=${STATE}}" "$@"
+    --parameters "^~^input=${INPUT}~output=${OUTPUT}~model=${MODEL}~image_uri_prefix=${IMAGE_PREFIXES}${STATE:+~state=${STATE}}" "$@"

@@ -60,6 +60,7 @@ from transforms.listings import InputSchemaError, ReadListings, UnreadableInputE
 from transforms.reports import (ERRORS, REMOVED, REPORT, SCORES, SUMMARY, VIOLATIONS, ScanInfo, WriteReports,
                                 clear_outputs, read_summary)
 from transforms.score import EcomatchModelHandler, ScoreListings
+from transforms.sources import FetchLimits, ImageSources
 from transforms.state import CarryForward, previous_run
 
 log = logging.getLogger("ecomatch.scan")
@@ -110,6 +111,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="an earlier run's output prefix: listings unchanged since (same content_hash) keep its "
                         "verdict without being decoded or scored, its ids no longer read are listed in removed/; "
                         "ignored, with a warning, when that run is incomplete or had another model or thresholds")
+    p.add_argument("--image-uri-prefix", "--image_uri_prefix", dest="image_uri_prefix", action="append", default=[],
+                   metavar="PREFIX", help="an image_uri must lie under this prefix (repeatable; one value may hold "
+                   "several, separated by spaces), e.g. gs://catalogue-images/ or https://cdn.example.com/ "
+                   "(default: the input's own bucket, or a local input's folder); see docs/RELIABILITY.md")
+    p.add_argument("--image-fetch-timeout", type=float, default=FetchLimits.deadline, metavar="SECONDS",
+                   help="the most time fetching one listing's image_uri may take, redirects included; connecting "
+                        "and each read time out sooner (default: %(default)s)")
     return p
 
 
@@ -168,6 +176,13 @@ def run(argv: Sequence[str] | None = None, save_main_session: bool = True,
         raise ScanConfigError("--report-top must be at least 0")
     if args.state and args.state.rstrip("/") == args.output.rstrip("/"):
         raise ScanConfigError("--state must be an earlier run's prefix, not --output (its reports are replaced)")
+    if not args.image_fetch_timeout > 0:
+        raise ScanConfigError("--image-fetch-timeout must be above 0")
+    try:
+        sources = ImageSources.for_scan(args.input, [p for v in args.image_uri_prefix for p in v.split()],
+                                        FetchLimits.within(args.image_fetch_timeout))
+    except ValueError as exc:
+        raise ScanConfigError(f"--image-uri-prefix: {exc}") from None
     options = PipelineOptions(beam_args)
     if options.view_as(StandardOptions).runner is None:
         options.view_as(StandardOptions).runner = DEFAULT_RUNNER
@@ -189,8 +204,9 @@ def run(argv: Sequence[str] | None = None, save_main_session: bool = True,
     info = ScanInfo(args.input, len(files) + len(survey.bad), args.output, args.model, matcher.sha256, effective,
                     list(matcher.lexicon.kinds), _runner_name(pipeline.options if test_pipeline else options, pipeline),
                     state=previous.prefix if previous else None)
-    log.info("scanning %d file(s) matching %s (columns %s) with model %s (sha256 %s) into %s", len(files),
-             redact(args.input), ", ".join(read_columns), redact(args.model), matcher.sha256[:12], redact(args.output))
+    log.info("scanning %d file(s) matching %s (columns %s) with model %s (sha256 %s) into %s; image_uri under %s",
+             len(files), redact(args.input), ", ".join(read_columns), redact(args.model), matcher.sha256[:12],
+             redact(args.output), redact(" ".join(sources.prefixes)))
     clear_outputs(args.output)
 
     # The files found bad above go to the reader too: it reports them, with any found bad later.
@@ -200,7 +216,7 @@ def run(argv: Sequence[str] | None = None, save_main_session: bool = True,
         failures = [read_errors]
     else:
         listings, failures = pipeline | "ReadListings" >> read, []
-    decoder = ListingDecoder.from_matcher(matcher, columns)
+    decoder = ListingDecoder.from_matcher(matcher, columns, sources=sources)
     changed, carried, removed = (listings | "CarryForward" >> CarryForward(previous, decoder) if previous
                                  else (listings, None, None))
     decoded, decode_errors = changed | "DecodeListings" >> DecodeListings(decoder)

@@ -29,6 +29,8 @@ GOOD = {
     "model": ["default", "gs://models/ecomatch/base-v2", "gs://models/ecomatch/base-v2/"],
     "thresholds": ["gs://models/ecomatch/thresholds.json", "gs://cfg/{date}/t.json"],
     "state": ["gs://reports/scan/{yesterday}", "gs://reports/scan/2026-11-25"],
+    "image_uri_prefix": ["gs://catalogue-images/", "https://cdn.example.com/", "gs://shop-prod-catalogue/",
+                         "gs://catalogue-images/ https://cdn.example.com:8443/img/", "gs://a-b/c/"],
 }
 BAD = {
     "input": ["", "listings/*.parquet", "/data/listings.parquet", "gs://", "gs://ab/x", "gs://Catalogue/x",
@@ -38,6 +40,9 @@ BAD = {
     "model": ["", "tiny", "base", "Default", "/models/base", "default ", "gs://models", "gs://models/*"],
     "thresholds": ["", "thresholds.json", "gs://cfg/thresholds.yaml", "gs://cfg/.json.bak", "gs://cfg"],
     "state": ["", "gs://reports", "gs://reports/scan/*", "/tmp/reports/2026-11-25", "gs://reports/a b"],
+    "image_uri_prefix": ["", "gs://imgs", "http://cdn.example.com/", "https://user:pw@cdn.example.com/",
+                         "/etc/", "file:///", "data:", "https://cdn.example.com", "gs://imgs/ /tmp/",
+                         "gs://imgs/*", "https://169.254.169.254/ x"],
 }
 
 
@@ -86,6 +91,7 @@ def deploy_env() -> dict[str, str]:
     return {"PROJECT": "shop-prod", "BUCKET": "shop-prod-ecomatch",
             "INPUT": "gs://shop-prod-catalogue/listings/*.parquet",
             "REPORTS": "gs://shop-prod-ecomatch-reports/scan", "MODEL": "default",
+            "IMAGE_PREFIXES": "gs://shop-prod-catalogue/",
             "TEMPLATE": "gs://shop-prod-ecomatch/templates/scan.json",
             "WORKER_SA": "ecomatch-worker@shop-prod.iam.gserviceaccount.com",
             "NOTIFY": "projects/shop-prod/notificationChannels/123"}

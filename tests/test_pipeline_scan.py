@@ -48,7 +48,7 @@ def test_scan_cli_end_to_end_then_rerun(tmp_path: Path, model_dir, capsys):
     write_table(tmp_path / "in" / "listings-mixed.parquet", listings_table(mixed_rows(tmp_path)))
     out = tmp_path / "out"
     assert scan("--input", str(tmp_path / "in" / "*.parquet"), "--output", str(out), "--model", model_dir,
-                "--batch-size", "4") == 0
+                "--batch-size", "4", "--image-uri-prefix", f"{tmp_path}/images/") == 0    # b's image is not under in/
     printed = capsys.readouterr().out
     assert "read 18 listings: 15 scored" in printed and f"violations: {out}/violations/" in printed
 

@@ -228,7 +228,8 @@ def test_scan_writes_the_report_with_report_top_cards(tmp_path: Path, model_dir,
     (tmp_path / "t.json").write_text(json.dumps({"match": 1, **{k["kind"]: 1 for k in kinds}}))  # all fail
     out = tmp_path / "out"
     assert scan("--input", str(tmp_path / "in" / "*.parquet"), "--output", str(out), "--model", model_dir,
-                "--thresholds", str(tmp_path / "t.json"), "--report-top", "2") == 0
+                "--thresholds", str(tmp_path / "t.json"), "--report-top", "2",
+                "--image-uri-prefix", str(tmp_path / "images")) == 0
     assert f"report:     {out}/report.html" in capsys.readouterr().out
     summary = json.loads((out / "summary.json").read_text())
     assert summary["counts"]["violations"] == 11

@@ -28,7 +28,7 @@ from apache_beam.io.parquetio import ReadAllFromParquet
 from apache_beam.metrics import Metrics
 from apache_beam.pvalue import TaggedOutput
 
-from .decode import ListingDecoder, image_bytes
+from .decode import ListingDecoder
 from .flag import Finding, Verdict
 from .listings import RawListing
 from .progress import NAMESPACE
@@ -68,10 +68,10 @@ def previous_run(prefix: str, model_sha256: str, thresholds: Mapping[str, float]
 def keyed_hash(raw: RawListing, decoder: ListingDecoder) -> tuple[str, tuple[str | None, RawListing]]:
     """``(listing_id, (content_hash, raw))``; the hash is None when the listing cannot be hashed
     (no id or title, image unreadable or too large), and decoding then reports why."""
-    if not raw.listing_id or raw.title is None:
+    if not raw.listing_id or raw.title is None or raw.invalid:
         return raw.listing_id or "", (None, raw)
     try:
-        data = image_bytes(raw, decoder.limits.max_image_bytes)
+        data = decoder.image(raw)
     except Exception:  # noqa: BLE001 (any failure is decoding's to report, as an error record)
         return raw.listing_id, (None, raw)
     return raw.listing_id, (decoder.listing_hash(raw, data), raw)
