@@ -58,7 +58,7 @@ from transforms.flag import MATCH, FlagViolations
 from transforms.html_report import DEFAULT_TOP, WriteHtmlReport
 from transforms.listings import InputSchemaError, ReadListings, UnreadableInputError, survey_input
 from transforms.reports import (ERRORS, REMOVED, REPORT, SCORES, SUMMARY, VIOLATIONS, ScanInfo, WriteReports,
-                                clear_outputs, read_summary)
+                                check_writable, clear_outputs, read_summary)
 from transforms.score import EcomatchModelHandler, ScoreListings
 from transforms.sources import FetchLimits, ImageSources
 from transforms.state import CarryForward, previous_run
@@ -207,6 +207,10 @@ def run(argv: Sequence[str] | None = None, save_main_session: bool = True,
     log.info("scanning %d file(s) matching %s (columns %s) with model %s (sha256 %s) into %s; image_uri under %s",
              len(files), redact(args.input), ", ".join(read_columns), redact(args.model), matcher.sha256[:12],
              redact(args.output), redact(" ".join(sources.prefixes)))
+    try:
+        check_writable(args.output)     # the last check before any work: it creates the prefix
+    except OSError as exc:
+        raise ScanConfigError(f"--output {exc}") from None
     clear_outputs(args.output)
 
     # The files found bad above go to the reader too: it reports them, with any found bad later.

@@ -3,6 +3,7 @@ and the bundled sample's ground truth."""
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pyarrow as pa
@@ -191,3 +192,20 @@ def test_sample_scan_flags_every_deliberate_mismatch_with_the_right_kind(sample_
     wrong = [(r["listing_id"], r["verdict"], r["worst_kind"]) for r in _planted(sample_scan[0], kind)
              if r["worst_kind"] not in RIGHT_KINDS[kind]]
     assert wrong == []
+
+
+@pytest.mark.parametrize("where", ["under-a-file", "proc", "read-only"])
+def test_an_unwritable_output_is_refused_before_any_work(tmp_path: Path, model_dir, capsys, where: str):
+    """--output under a regular file, under /proc or in a read-only folder: one line, exit 2,
+    before the job starts (it used to fail after the job had started, with a traceback)."""
+    good = sample_shards(tmp_path / "in", 4, 1)
+    (tmp_path / "file").write_text("a regular file")
+    (tmp_path / "ro").mkdir()
+    (tmp_path / "ro").chmod(0o555)
+    out = {"under-a-file": tmp_path / "file" / "out", "proc": Path("/proc/ecomatch-out"),
+           "read-only": tmp_path / "ro" / "out"}[where]
+    if where == "read-only" and os.access(tmp_path / "ro", os.W_OK):
+        pytest.skip("running as a user who may write anywhere (root): a read-only folder is writable")
+    assert scan("--input", good[0], "--output", str(out), "--model", model_dir) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"ecomatch scan: error: --output cannot write under {out}: "), err

@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import json
 import time
+import uuid
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Iterator, Mapping, Sequence
@@ -96,6 +97,19 @@ class ScanInfo:
     runner: str
     started_at: float = field(default_factory=time.time)
     state: str | None = None        # the earlier run whose verdicts are carried forward
+
+
+def check_writable(prefix: str) -> None:
+    """Write and delete an empty probe file under ``prefix``; raises OSError saying why when
+    that fails (a prefix under a regular file, a read-only or system location, no permission)."""
+    probe = FileSystems.join(prefix, f".ecomatch-write-check-{uuid.uuid4().hex}")
+    try:
+        with FileSystems.create(probe, mime_type="application/octet-stream") as f:
+            f.write(b"")
+        FileSystems.delete([probe])
+    except Exception as exc:  # noqa: BLE001 (OSError, BeamIOError, a client's own errors)
+        cause = getattr(exc, "exception_details", None) or exc
+        raise OSError(f"cannot write under {redact(prefix)}: {' '.join(str(cause).split())[:300]}") from None
 
 
 def clear_outputs(prefix: str) -> None:
