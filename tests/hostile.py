@@ -185,11 +185,16 @@ def hostile_rows(tmp: Path, http_base: str, silent_base: str = "http://127.0.0.1
                                               "\u0641\u0633\u062a\u0627\u0646\u202c"}),
         Case("title-emoji", {"title": "\U0001f525 Ardent Men Red Cotton T-Shirt \U0001f455\u2728 "
                                       "\U0001f1ee\U0001f1f3"}),
+        *(Case(kind, {"title": title}, "ListingError", "title has no words")
+          for kind, title in (("title-emoji-only", "\U0001f525\U0001f455\u2728 \U0001f1ee\U0001f1f3"),
+                              ("title-zero-width-only", "\u200b\u200c\u200d\ufeff\u2060"),
+                              ("title-punctuation-only", "!!! ... --- ??? ***"))),
     ]
     uris = [Case(c.kind, {"image": None, **c.row}, c.error_type, c.message) for c in uris]
     cases = [Case(c.kind, {"listing_id": c.kind, **row, **c.row}, c.error_type, c.message)
              for c in images + uris + titles]
     ids = [Case("null-listing-id", {**row, "listing_id": None}, "ListingError", "listing_id is empty"),
+           Case("blank-listing-id", {**row, "listing_id": " \t\u3000 "}, "ListingError", "listing_id is blank"),
            *(Case("path-in-listing-id", {**row, "listing_id": lid})
              for lid in ("../../escape", "/tmp/escape", "nested\\..\\escape", "ctl\x00\x1b escape")),
            *(Case("duplicate-listing-id", {**row, "listing_id": "dup", "image": image(size=(30 + k, 40))})

@@ -22,7 +22,7 @@ from test_pipeline_scan import sample_shards, scan
 
 from ecomatch_model.api import Matcher
 from transforms.decode import ListingDecoder
-from transforms.html_report import CSP, MAX_TEXT, severity_histogram, title_html, write_report
+from transforms.html_report import CSP, MAX_TEXT, errors_html, severity_histogram, title_html, write_report
 from transforms.reports import (ERRORS_SCHEMA, SCORES_SCHEMA, VIOLATIONS_SCHEMA, ScanInfo, clear_outputs,
                                 write_summary)
 
@@ -202,6 +202,17 @@ def test_title_html_marks_spans_on_the_title_as_written_and_escapes_the_rest():
         "&lt;b&gt;<mark>Navy  Blue</mark>&lt;/b&gt; Men&#x27;s &quot;<mark>T-Shirt</mark>&quot;"
     assert title_html(title, [(9, 10)]) == title_html(title, [])            # a span past the title's words
     assert title_html("Red " * 100, [(0, 1)], limit=10) == "<mark>Red</mark> Red Re\u2026"
+
+
+def test_control_characters_never_reach_the_page_raw():
+    """NUL, ESC and the other C0/C1 controls in ids, titles and messages are shown as \\xNN."""
+    hostile = "ctl\x00\x1b[31m escape\x07\x7f\x85\r\n"
+    shown = "ctl\\x00\\x1b[31m escape\\x07\\x7f\\x85\\x0d\\x0a"
+    page = errors_html({"ListingError": 1}, {"ListingError": [
+        {"listing_id": hostile, "stage": "decode", "source": hostile, "message": hostile}]})
+    page += title_html(f"Red {hostile} Shirt", [(0, 1)])
+    assert not re.search(r"[\x00-\x1f\x7f-\x9f]", page) and page.count(shown) == 4
+    assert title_html("<b>Red</b>\x00", []) == "&lt;b&gt;Red&lt;/b&gt;\\x00"
 
 
 def test_severity_histogram_counts_every_scored_listing_in_its_bin(tmp_path: Path):

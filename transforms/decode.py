@@ -155,15 +155,27 @@ class ListingDecoder:
         return content_hash(self.model_sha256, raw.title, [(k, v) for _, k, v in self.column_attributes(raw)], data)
 
     def __call__(self, raw: RawListing) -> DecodedListing:
+        self.check_text(raw)
+        data = self.image(raw)
+        return self.decode(raw, data)
+
+    def check_text(self, raw: RawListing) -> None:
+        """Refuse a row whose id or title cannot be used (before any image is fetched)."""
         if raw.invalid:
             raise ListingError("; ".join(raw.invalid[c] for c in sorted(raw.invalid)))
         if not raw.listing_id:
             raise ListingError("listing_id is empty")
+        if not raw.listing_id.strip():
+            raise ListingError("listing_id is blank (whitespace only)")
         if raw.title is None or not raw.title.strip():
             raise ListingError("title is empty")
         if len(raw.title) > self.limits.max_title_chars:
             raise InputTooLargeError(f"title is {len(raw.title)} characters, over {self.limits.max_title_chars}")
-        data = self.image(raw)
+        if not self.encoder.tokens(raw.title):
+            raise ListingError("title has no words (only symbols, emoji, punctuation or invisible characters)")
+
+    def decode(self, raw: RawListing, data: bytes) -> DecodedListing:
+        """``raw`` (checked by :meth:`check_text`) with image bytes ``data`` as a :class:`DecodedListing`."""
         image_format(data, fetched=not raw.image)   # refuse formats outside the contract before Pillow opens them
         pixels = to_uint8(data, self.image_size, self.limits.max_pixels)
         columns = self.column_attributes(raw)

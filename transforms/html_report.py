@@ -30,6 +30,7 @@ import heapq
 import html
 import io
 import logging
+import re
 from dataclasses import dataclass
 from typing import Any, Iterator, Mapping, Sequence
 
@@ -281,10 +282,19 @@ def explain_listings(found: Mapping[str, tuple[str, DecodedListing] | str], matc
 
 
 # ---------------------------------------------------------------------------- HTML pieces
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
+def visible(text: str) -> str:
+    """``text`` HTML-escaped (quotes included), with control characters (NUL, ESC, CR, ...)
+    shown as ``\\xNN`` instead of being written raw into the page."""
+    return html.escape(_CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", text), quote=True)
+
+
 def esc(value: Any, limit: int = MAX_TEXT) -> str:
-    """Any value as HTML-escaped text (quotes included), cut to ``limit`` characters."""
+    """Any value as :func:`visible` text, cut to ``limit`` characters."""
     text = "" if value is None else str(value)
-    return html.escape(text[:limit] + ("\u2026" if len(text) > limit else ""), quote=True)
+    return visible(text[:limit] + ("\u2026" if len(text) > limit else ""))
 
 
 def data_uri(image: Image.Image) -> str:
@@ -305,9 +315,9 @@ def title_html(title: str, spans: Sequence[tuple[int, int]], limit: int = MAX_TE
     for a, b in marks:
         if a < pos:                         # overlapping spans: the first one wins
             continue
-        parts += [html.escape(shown[pos:a]), "<mark>", html.escape(shown[a:b]), "</mark>"]
+        parts += [visible(shown[pos:a]), "<mark>", visible(shown[a:b]), "</mark>"]
         pos = b
-    parts.append(html.escape(shown[pos:]))
+    parts.append(visible(shown[pos:]))
     return "".join(parts) + ("\u2026" if len(title) > limit else "")
 
 

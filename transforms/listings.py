@@ -73,6 +73,9 @@ def check_schema(path: str, schema: pa.Schema, attribute_columns: Sequence[str])
     naming ``path`` and the column when a required column is missing or mistyped.
     Attribute columns are optional; an all-null one (Parquet type null) is accepted."""
     types = {f.name: f.type for f in schema}
+    wanted = {*REQUIRED_COLUMNS, *IMAGE_COLUMNS, *attribute_columns}
+    for name in sorted(wanted & {n for n in schema.names if schema.names.count(n) > 1}):
+        raise InputSchemaError(f"{path}: column {name!r} appears {schema.names.count(name)} times")
     for name in REQUIRED_COLUMNS:
         if name not in types:
             raise InputSchemaError(f"{path}: missing required column {name!r}")
