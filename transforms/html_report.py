@@ -10,9 +10,11 @@ It is built from the scan's written outputs, never from the scan's memory:
 - ``violations/*.parquet``, streamed through a heap of the top N by severity: the cards;
 - the input shards, read by the scan's own reader (``transforms.listings.read_row_group``):
   per row group only ``listing_id`` is read, and only the row groups holding one of the N
-  listings are read in full; those listings are decoded
-  and re-scored with the model (exactly as the scan did) for their image, attention maps
-  and title spans, and the layout of ``violations/`` stays as it is;
+  listings are read in full; those listings are decoded (an ``image_uri`` fetched once more,
+  under the scan's allow-list and deadline, and shown only when the listing's
+  ``content_hash`` is the one ``scores/`` recorded) and re-scored with the model (exactly as
+  the scan did) for their image, attention maps and title spans, and the layout of
+  ``violations/`` stays as it is;
 - ``errors/*.parquet``, streamed until every error type has a few examples.
 
 Its size is bounded whatever the scan's size: N cards at most, at most
@@ -248,22 +250,44 @@ def listings_with_ids(files: Sequence[str], columns: Sequence[str], attribute_co
                             redact(group.path), type(exc.__cause__).__name__)
 
 
+CHANGED = "the listing changed since the scan: its image or text is not what was scored"
+
+
+def violation_hashes(paths: Sequence[str], ids: set[str]) -> dict[str, set[str]]:
+    """The ``content_hash`` of every violation in ``scores/`` shards whose id is in ``ids``."""
+    out: dict[str, set[str]] = {}
+    for row in read_rows(paths, ["listing_id", "verdict", "content_hash"]):
+        if row["listing_id"] in ids and row["verdict"] == "violation":
+            out.setdefault(row["listing_id"], set()).add(row["content_hash"])
+    return out
+
+
 def find_listings(files: Sequence[str], columns: Sequence[str], attribute_columns: Sequence[str],
-                  ids: set[str], decoder: ListingDecoder) -> dict[str, tuple[str, DecodedListing] | str]:
-    """The listings ``ids`` as (title, decoded listing) from the input shards (the first row
-    of each id), or why one could not be decoded; reading stops once every id is found."""
+                  ids: set[str], decoder: ListingDecoder, hashes: Mapping[str, set[str]] | None = None
+                  ) -> dict[str, tuple[str, DecodedListing] | str]:
+    """The listings ``ids`` as (title, decoded listing) from the input shards, or why one
+    cannot be shown. Each row's image is fetched once, and, where ``hashes`` (id -> the
+    ``content_hash`` values the scan recorded) knows the id, shown only when the row hashes
+    as the scan saw it: a source that now serves another image is :data:`CHANGED`, never a
+    picture the model did not score. Reading stops once every id is found."""
     found: dict[str, tuple[str, DecodedListing] | str] = {}
     if not ids:
         return found
     for raw in listings_with_ids(files, columns, attribute_columns, pa.array(sorted(ids), pa.string())):
-        if raw.listing_id in found:
-            continue
+        if not isinstance(found.get(raw.listing_id, ""), str):
+            continue                        # shown already (a duplicate id)
         try:
-            found[raw.listing_id] = (raw.title, decoder(raw))
+            decoder.check_text(raw)
+            data = decoder.image(raw)
+            wanted = (hashes or {}).get(raw.listing_id)
+            if wanted is not None and decoder.listing_hash(raw, data) not in wanted:
+                found.setdefault(raw.listing_id, CHANGED)
+                continue
+            found[raw.listing_id] = (raw.title, decoder.decode(raw, data))
         except Exception as exc:  # the input changed since the scan, or a source went away
             # The type only: a message may quote an image_uri, credentials and all.
-            found[raw.listing_id] = f"cannot decode the listing again: {type(exc).__name__}"
-        if len(found) == len(ids):
+            found.setdefault(raw.listing_id, f"cannot decode the listing again: {type(exc).__name__}")
+        if len(found) == len(ids) and not any(isinstance(v, str) for v in found.values()):
             break                           # the rest of the input is not read
     return found
 
@@ -509,7 +533,9 @@ def write_report(prefix: str, matcher: Matcher, decoder: ListingDecoder, files: 
     shards = {name: [FileSystems.join(prefix, p) for p in summary["files"][name]]
               for name in (SCORES, VIOLATIONS, ERRORS)}
     rows = top_violations(shards[VIOLATIONS], top_n)
-    found = find_listings(files, columns, list(decoder.attribute_columns), {r["listing_id"] for r in rows}, decoder)
+    ids = {r["listing_id"] for r in rows}
+    found = find_listings(files, columns, list(decoder.attribute_columns), ids, decoder,
+                          violation_hashes(shards[SCORES], ids))
     page = render_report(summary, severity_histogram(shards[SCORES]), rows, explain_listings(found, matcher),
                          error_examples(shards[ERRORS], summary["counts"]["errors_per_type"]), top_n)
     path = FileSystems.join(prefix, REPORT)
