@@ -58,7 +58,7 @@ from transforms.flag import MATCH, FlagViolations
 from transforms.html_report import DEFAULT_TOP, WriteHtmlReport
 from transforms.listings import InputSchemaError, ReadListings, UnreadableInputError, survey_input
 from transforms.reports import (ERRORS, REMOVED, REPORT, SCORES, SUMMARY, VIOLATIONS, ScanInfo, WriteReports,
-                                check_writable, clear_outputs, read_summary)
+                                check_writable, claim_prefix, clear_outputs, new_run_id, read_summary)
 from transforms.score import EcomatchModelHandler, ScoreListings
 from transforms.sources import FetchLimits, ImageSources
 from transforms.state import CarryForward, previous_run
@@ -203,7 +203,7 @@ def run(argv: Sequence[str] | None = None, save_main_session: bool = True,
         log.warning("--state %s is not used, every listing is scanned: %s", redact(args.state), why)
     info = ScanInfo(args.input, len(files) + len(survey.bad), args.output, args.model, matcher.sha256, effective,
                     list(matcher.lexicon.kinds), _runner_name(pipeline.options if test_pipeline else options, pipeline),
-                    state=previous.prefix if previous else None)
+                    state=previous.prefix if previous else None, run_id=new_run_id())
     log.info("scanning %d file(s) matching %s (columns %s) with model %s (sha256 %s) into %s; image_uri under %s",
              len(files), redact(args.input), ", ".join(read_columns), redact(args.model), matcher.sha256[:12],
              redact(args.output), redact(" ".join(sources.prefixes)))
@@ -212,6 +212,7 @@ def run(argv: Sequence[str] | None = None, save_main_session: bool = True,
     except OSError as exc:
         raise ScanConfigError(f"--output {exc}") from None
     clear_outputs(args.output)
+    claim_prefix(args.output, info.run_id)     # a run that claimed it earlier and still runs will fail
 
     # The files found bad above go to the reader too: it reports them, with any found bad later.
     read = ReadListings([*files, *survey.bad], read_columns, list(columns))

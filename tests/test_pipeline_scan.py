@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 
 import pyarrow as pa
@@ -75,6 +76,7 @@ def test_scan_cli_end_to_end_then_rerun(tmp_path: Path, model_dir, capsys):
     expected_hash = content_hash(matcher.sha256, first["title"], [(k, v) for k, v in attrs if v], first["image"])
     assert next(r for r in scores if r["listing_id"] == first["listing_id"])["content_hash"] == expected_hash
 
+    first_run = summary["run_id"]
     # A rerun to the same prefix replaces everything: fewer listings, thresholds that pass all.
     (out / "scores" / "part-00003-of-00007.parquet").write_bytes(b"stale")
     kinds = json.loads((Path(model_dir) / "lexicon.json").read_text())["kinds"]
@@ -85,7 +87,9 @@ def test_scan_cli_end_to_end_then_rerun(tmp_path: Path, model_dir, capsys):
     assert sorted(r["listing_id"] for r in scores) == sorted(pq.read_table(good[1]).column("listing_id").to_pylist())
     assert (violations, errors) == ([], [])
     assert {r["verdict"] for r in scores} == {"ok"}
-    assert summary["thresholds"]["match"] == -1 and summary["files"]["scores"] == ["scores/part-00000-of-00001.parquet"]
+    assert summary["thresholds"]["match"] == -1 and summary["files"]["scores"] == \
+        [f"scores/part-{summary['run_id']}-00000-of-00001.parquet"]
+    assert re.fullmatch(r"\d{8}T\d{6}Z-[0-9a-f]{8}", summary["run_id"]) and summary["run_id"] != first_run
 
 
 def test_bad_schema_fails_fast_naming_file_and_column(tmp_path: Path, model_dir, capsys):

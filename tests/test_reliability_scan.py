@@ -352,3 +352,35 @@ def test_invalid_utf8_in_any_text_column_names_the_column(tmp_path: Path):
                                          {"base_colour": "base_colour is not valid UTF-8 (byte 0xe9 at offset 1)"},
                                          {"image_uri": "image_uri is not valid UTF-8 (byte 0x80 at offset 5)"}, {}]
     assert rows[0].listing_id == "id-\\xc3" and rows[3].listing_id == table.column("listing_id")[3].as_py()
+
+
+# ---------------------------------------------------------------------------- two scans, one prefix
+def test_two_scans_racing_to_one_prefix_leave_exactly_one_run(small_input: Path, tmp_path: Path, monkeypatch):
+    """Scan A (24 listings) is mid-run when scan B (8 other listings) starts on the same prefix
+    and finishes. A must not publish: it fails, and the prefix holds B's run alone: its
+    summary.json with its run id, every shard it lists named with that id and holding B's
+    listings (both used to exit 0, mixing one run's errors shard with the other's summary)."""
+    other = tmp_path / "other"
+    sample_shards(other, 8, 1, seed=11)
+    out = tmp_path / "out"
+    flag, calls = transforms.flag.flag_listing, []
+
+    def start_b_midway(scored: Any):
+        calls.append(scored.listing_id)
+        if len(calls) == 1:                 # A has started writing; B runs to the end meanwhile
+            b = subprocess.run([sys.executable, "-m", "pipelines.scan", "--input", str(other / "*.parquet"),
+                                "--output", str(out)], cwd=REPO, capture_output=True, text=True, timeout=300)
+            assert b.returncode == 0, b.stderr[-3000:]
+        return flag(scored)
+    monkeypatch.setattr(transforms.flag, "flag_listing", start_b_midway)
+    with pytest.raises(Exception, match="another scan .* started writing to .* after this one"):
+        run(["--input", str(small_input / "*.parquet"), "--output", str(out), "--batch-size", "1"],
+            save_main_session=False)
+    summary = json.loads((out / "summary.json").read_text())
+    run_id = summary["run_id"]
+    assert json.loads((out / "run.json").read_text()) == {"run_id": run_id}
+    listed = [p for paths in summary["files"].values() for p in paths]
+    assert listed and all(f"part-{run_id}-" in p and (out / p).is_file() for p in listed), listed
+    ids = {r["listing_id"] for p in summary["files"]["scores"] for r in pq.read_table(out / p).to_pylist()}
+    expected = {r["listing_id"] for f in other.glob("*.parquet") for r in pq.read_table(f).to_pylist()}
+    assert ids == expected and summary["counts"]["read"] == 8

@@ -51,7 +51,7 @@ from .decode import DecodedListing, ListingDecoder
 from .flag import MATCH
 from .errors import redact
 from .listings import InputSchemaError, RawListing, UnreadableInputError, file_row_groups, read_row_group
-from .reports import ERRORS, REPORT, SCORES, VIOLATIONS, read_summary
+from .reports import ERRORS, REPORT, SCORES, VIOLATIONS, check_owner, read_summary
 from .score import ListingScorer, stack_batch
 
 log = logging.getLogger(__name__)
@@ -560,7 +560,10 @@ class _ReportFn(beam.DoFn):
         self._matcher.thresholds.update(self._thresholds)
 
     def process(self, summary: Mapping[str, Any]) -> Iterator[str]:
-        # The element only says that summary.json is written; the page is built from the files.
+        # The element only says that summary.json is written; the page is built from the files,
+        # and only while they are this run's (another scan may have claimed the prefix since).
+        if summary.get("run_id"):
+            check_owner(self._prefix, summary["run_id"])
         yield write_report(self._prefix, self._matcher, self._decoder, self._files, self._columns, self._top_n)
 
 
