@@ -81,6 +81,7 @@ def test_the_default_allows_the_inputs_bucket_or_folder_only(tmp_path: Path):
     gcs.check("gs://catalogue/images/a.jpg")
     for uri in ("gs://catalogue-evil/a.jpg", "gs://other/a.jpg", "s3://catalogue/a.jpg", "/etc/passwd",
                 "gs://catalogue/images/../../other/a.jpg", "gs://catalogue/a/%2e%2e/b.jpg",
+                "gs://catalogue/a/%2E%2e%2Fb.jpg", "gs://catalogue/a\\..\\b.jpg",
                 "simplecache::gs://catalogue/a.jpg"):
         with pytest.raises(ImageSourceRefusedError):
             gcs.check(uri)

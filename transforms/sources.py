@@ -48,7 +48,7 @@ import fsspec
 T = TypeVar("T")
 _SCHEME = re.compile(r"^([a-zA-Z][a-zA-Z0-9+.-]*):")
 _FORBIDDEN_ROOTS = ("/proc", "/sys", "/dev")
-_DOT_SEGMENT = re.compile(r"(^|/)(\.|%2e){1,2}(/|$)", re.I)
+_DOT_SEGMENT = re.compile(r"(^|/|%2f|%5c)(\.|%2e){1,2}(/|%2f|%5c|$)", re.I)     # also percent-encoded
 _REDIRECTS = (301, 302, 303, 307, 308)
 
 
@@ -97,7 +97,7 @@ def shown(uri: str) -> str:
 
 
 def _local(path: str) -> str:
-    return os.path.realpath(os.path.abspath(os.path.expanduser(path)))
+    return os.path.realpath(os.path.abspath(path))       # "~" stays literal: a seller's path is not a shell word
 
 
 def _file_url_path(uri: str) -> str:
