@@ -245,7 +245,9 @@ def test_a_scan_killed_mid_run_then_rerun_leaves_complete_outputs(small_input: P
     assert rows_by_content(violations) == rows_by_content(reference[1])
     assert summary["counts"] == reference[3]["counts"]
     assert_clean_layout(out, summary)
-    assert set(debris) & set(output_files(out)) == set()
+    # run.json is rewritten, not left: it names the rerun, as summary.json does.
+    assert set(debris) & set(output_files(out)) == {"run.json"}
+    assert json.loads((out / "run.json").read_text()) == {"run_id": summary["run_id"]}
 
 
 class TransientFault(RuntimeError):
