@@ -21,15 +21,20 @@ Outputs under PREFIX (full schemas in ``transforms/reports.py``):
 - ``violations/*.parquet``: listing_id, severity, match_score, worst_kind, reasons,
   attributes (kind, value, score, threshold, suggested_value, suggested_score);
 - ``errors/*.parquet``: listing_id, source, stage, error_type, message;
-- ``summary.json``: counts, model, thresholds, input, runner, times, listings per second;
+- ``summary.json``: counts, model, thresholds, input, runner, times, listings per second, the
+  run id and the run's shards (shard names carry the run id; ``run.json`` names the run that
+  owns the prefix, and a run whose prefix another scan claimed publishes nothing);
 - ``report.html``: a self-contained page for reviewers, written by the job's last step
   (``WriteHtmlReport``, on a worker, on every runner) from the outputs above once
   ``summary.json`` is final: the ``--report-top`` most severe violations with attention
   heatmaps (``transforms/html_report.py``).
 
+An ``image_uri`` is read only under ``--image-uri-prefix`` (by default the input's own
+bucket or folder; ``transforms/sources.py``), within ``--image-fetch-timeout``.
+
 A rerun to the same PREFIX replaces the previous outputs. Before any work the job checks
-the model, the thresholds file, the attribute-column mapping and every input file's
-schema, and stops with a message naming what is wrong; a row group that turns out
+the model, the thresholds file, the attribute-column mapping, every input file's schema
+and that PREFIX can be written, and stops with a message naming what is wrong; a row group that turns out
 unreadable while the job runs stops it too, naming the file. With ``--skip-bad-files``
 such files and row groups are reported in ``errors/`` instead (stage ``read``) and the
 rest is scanned. Guarantees, limits and their tests: ``docs/RELIABILITY.md``.
