@@ -34,8 +34,8 @@ bucket or folder; ``transforms/sources.py``), within ``--image-fetch-timeout``.
 
 A rerun to the same PREFIX replaces the previous outputs. Before any work the job checks
 the model, the thresholds file, the attribute-column mapping, every input file's schema
-and that PREFIX can be written, and stops with a message naming what is wrong; a row group that turns out
-unreadable while the job runs stops it too, naming the file. With ``--skip-bad-files``
+and that PREFIX can be written, and stops with a message naming what is wrong; a row
+group that turns out unreadable while the job runs stops it too, naming the file. With ``--skip-bad-files``
 such files and row groups are reported in ``errors/`` instead (stage ``read``) and the
 rest is scanned. Guarantees, limits and their tests: ``docs/RELIABILITY.md``.
 """

@@ -280,7 +280,8 @@ def test_the_report_never_shows_an_image_other_than_the_one_scored(tmp_path: Pat
             server.body = image("PNG", (20, 40, 200))
         server._http.RequestHandlerClass.do_GET = flip
         (tmp_path / "in").mkdir()
-        rows = [{"listing_id": "swap", "title": "Ardent Men Red Cotton T-Shirt", "image_uri": f"{server.url}/img/a.png"}]
+        rows = [{"listing_id": "swap", "title": "Ardent Men Red Cotton T-Shirt",
+                 "image_uri": f"{server.url}/img/a.png"}]
         pq.write_table(listings_table(rows), tmp_path / "in" / "a.parquet")
         out = tmp_path / "out"
         assert scan("--input", str(tmp_path / "in" / "*.parquet"), "--output", str(out), "--model", model_dir,

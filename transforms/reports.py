@@ -305,7 +305,8 @@ class WriteReports(beam.PTransform):
                       | "CountIds" >> beam.combiners.Count.PerElement()
                       | "DuplicateEvents" >> beam.FlatMap(duplicate_events))
         removed = [pcolls[REMOVED]] if REMOVED in pcolls else []
-        removed_files = [r | "WriteRemoved" >> _shards(out, REMOVED, REMOVED_SCHEMA, self._info.run_id) for r in removed]
+        removed_files = [r | "WriteRemoved" >> _shards(out, REMOVED, REMOVED_SCHEMA, self._info.run_id)
+                         for r in removed]
         events = ((pcolls["listings"] | "ReadEvents" >> beam.Map(lambda _: "read"),
                    verdicts | "VerdictEvents" >> beam.FlatMap(verdict_events),
                    errors | "ErrorEvents" >> beam.FlatMap(error_events),

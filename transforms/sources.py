@@ -415,7 +415,8 @@ def _read_data(uri: str, max_bytes: int) -> bytes:
     if not sep:
         raise ImageSourceRefusedError("image_uri is a data: URL without data")
     if len(body) > 4 * max_bytes // 3 + 16:     # every decoding is at least 3/4 as long: refuse before decoding
-        raise SourceOverCapError(f"image_uri is a data: URL of {len(body)} characters, over the cap of {max_bytes} bytes")
+        raise SourceOverCapError(f"image_uri is a data: URL of {len(body)} characters, "
+                                 f"over the cap of {max_bytes} bytes")
     if head.endswith(";base64"):
         try:
             return base64.b64decode(body, validate=False)
