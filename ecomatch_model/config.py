@@ -2,7 +2,9 @@
 of named variants (tiny, base, paper).
 
 A checkpoint's ``config.json`` is ``ModelConfig.to_json()``; loading rebuilds it with
-``ModelConfig.from_json`` which refuses unknown keys.
+``ModelConfig.from_json``, which refuses unknown keys, and every config checks the type and
+bounds of each field, with a one-line ``ValueError`` naming the key (``image.patch is 0,
+expected an integer in [4, 256]``).
 """
 from __future__ import annotations
 
@@ -11,8 +13,33 @@ from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Callable, Mapping
 
 
-def _hidden_list(hidden: int | list[int], depth: int) -> list[int]:
-    return [int(hidden)] * depth if isinstance(hidden, int) else [int(h) for h in hidden]
+# Bounds (inclusive) of every numeric field, far beyond any sane model and far below what
+# would exhaust a worker: a value outside them is a broken or hostile config.json.
+_INT_BOUNDS = {"image_size": (8, 1024), "patch": (4, 256), "stem_channels": (1, 4096), "width": (1, 8192),
+               "depth": (1, 64), "heads": (1, 128), "mlp_hidden": (1, 65536), "vocab_size": (2, 1 << 20),
+               "max_len": (1, 4096), "compression": (1, 1024), "aga_heads": (1, 128), "max_attrs": (1, 64),
+               "n_values": (1, 1 << 20), "n_kinds": (1, 4096)}
+
+
+def _check_int(key: str, value: Any) -> int:
+    """``value`` if it is an integer within ``_INT_BOUNDS`` of its field; else ValueError naming ``key``."""
+    lo, hi = _INT_BOUNDS[key.rsplit(".", 1)[-1].split("[")[0]]
+    if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
+        raise ValueError(f"{key} is {value!r}, expected an integer in [{lo}, {hi}]")
+    return value
+
+
+def _check_fields(obj: Any, where: str) -> None:
+    """Type and bounds of every int field of a tower or model config (``mlp_hidden`` apart)."""
+    for f in fields(obj):
+        if f.name in _INT_BOUNDS and f.name != "mlp_hidden":
+            _check_int(f"{where}{f.name}", getattr(obj, f.name))
+
+
+def _hidden_list(hidden: int | list[int], depth: int, where: str = "") -> list[int]:
+    if isinstance(hidden, list):
+        return [_check_int(f"{where}mlp_hidden[{i}]", h) for i, h in enumerate(hidden)]
+    return [_check_int(f"{where}mlp_hidden", hidden)] * depth
 
 
 @dataclass
@@ -28,11 +55,12 @@ class ImageConfig:
     mlp_hidden: list[int] | int = 256
 
     def __post_init__(self) -> None:
-        self.mlp_hidden = _hidden_list(self.mlp_hidden, self.depth)
+        _check_fields(self, "image.")
+        self.mlp_hidden = _hidden_list(self.mlp_hidden, self.depth, "image.")
         if self.image_size % self.patch or self.patch < 4 or self.patch & (self.patch - 1):
-            raise ValueError("image_size must be a multiple of patch, a power of two >= 4")
+            raise ValueError("image.image_size must be a multiple of image.patch, a power of two >= 4")
         if len(self.mlp_hidden) != self.depth or self.width % self.heads:
-            raise ValueError("mlp_hidden needs one width per block; width must divide by heads")
+            raise ValueError("image.mlp_hidden needs one width per block; image.width must divide by image.heads")
 
     @property
     def grid(self) -> int:
@@ -51,9 +79,10 @@ class TextConfig:
     mlp_hidden: list[int] | int = 256
 
     def __post_init__(self) -> None:
-        self.mlp_hidden = _hidden_list(self.mlp_hidden, self.depth)
+        _check_fields(self, "text.")
+        self.mlp_hidden = _hidden_list(self.mlp_hidden, self.depth, "text.")
         if len(self.mlp_hidden) != self.depth or self.width % self.heads:
-            raise ValueError("mlp_hidden needs one width per block; width must divide by heads")
+            raise ValueError("text.mlp_hidden needs one width per block; text.width must divide by text.heads")
 
 
 @dataclass
@@ -81,10 +110,22 @@ class ModelConfig:
         return self.image.width // self.compression
 
     def __post_init__(self) -> None:
-        if isinstance(self.image, Mapping):
-            self.image = _strict(ImageConfig, self.image)
-        if isinstance(self.text, Mapping):
-            self.text = _strict(TextConfig, self.text)
+        for key, tower in (("image", ImageConfig), ("text", TextConfig)):
+            value = getattr(self, key)
+            if isinstance(value, Mapping):
+                setattr(self, key, _strict(tower, value))
+            elif not isinstance(value, tower):
+                raise ValueError(f"{key} is {value!r}, expected an object of {tower.__name__} keys")
+        _check_fields(self, "")
+        if not isinstance(self.name, str) or not 0 < len(self.name) <= 200:
+            raise ValueError(f"name is {self.name!r:.60}, expected a string of 1 to 200 characters")
+        if isinstance(self.prune_ratio, bool) or not isinstance(self.prune_ratio, (int, float)) \
+                or not 0.0 <= self.prune_ratio < 1.0:
+            raise ValueError(f"prune_ratio is {self.prune_ratio!r}, expected a number in [0, 1)")
+        if not isinstance(self.pruned, bool):
+            raise ValueError(f"pruned is {self.pruned!r}, expected true or false")
+        if self.compression > self.image.width:
+            raise ValueError(f"compression is {self.compression}, expected at most image.width ({self.image.width})")
         if self.embed_dim % self.aga_heads:
             raise ValueError("embed_dim (image width / compression) must divide by aga_heads")
 
@@ -97,6 +138,8 @@ class ModelConfig:
 
 
 def _strict(cls: type, data: Mapping[str, Any]):
+    if not isinstance(data, Mapping):
+        raise ValueError(f"{cls.__name__} is {data!r:.60}, expected a JSON object")
     known = {f.name for f in fields(cls)}
     unknown = sorted(set(data) - known)
     if unknown:

@@ -6,6 +6,9 @@ BUCKET="${BUCKET:-${PROJECT}-ecomatch}"                       # template spec, s
 INPUT="${INPUT:-gs://${PROJECT}-catalogue/listings/*.parquet}"  # the catalogue export: read only
 REPORTS="${REPORTS:-gs://${PROJECT}-ecomatch-reports/scan}"  # one prefix per night under it: REPORTS/{date}
 MODEL="${MODEL:-default}"                                     # "default" (the bundled model) or a gs:// checkpoint directory
+# Where a listing's image_uri may point (space-separated gs:// or https:// prefixes, the template's
+# image_uri_prefix); the scan refuses the rest.
+IMAGE_URI_PREFIX="${IMAGE_URI_PREFIX:-gs://${PROJECT}-catalogue/}"
 TAG="${TAG:-$(git rev-parse --short=12 HEAD)}"
 IMAGE="${IMAGE:-${REGION}-docker.pkg.dev/${PROJECT}/ecomatch/worker:${TAG}}"
 TEMPLATE="gs://${BUCKET}/templates/scan.json"                 # the nightly schedule launches the latest build

@@ -50,7 +50,7 @@ GPU_OPTIONS = {
 # each as --name=value, so a flag comes as "true"/"false" and a repeatable option as one list.
 RENAMED = {"attribute_columns": "--attribute-columns"}
 FLAGS = {"skip_bad_files": "--skip-bad-files"}                    # "true" -> the flag, "false" -> nothing
-LISTS = {"image_uri_prefix": "--image-uri-prefix"}                # "a,b" -> one option per item
+LISTS = {"image_uri_prefix": "--image-uri-prefix"}                # "a b" -> one option per item
 
 
 def scan_option(parameter: str) -> str:
@@ -70,7 +70,7 @@ def template_args(argv: Sequence[str]) -> list[str]:
                 raise SystemExit(f"infra.launch: --{name} must be true or false, got {value!r}")
             out += [FLAGS[name]] if value.strip().lower() == "true" else []
         elif sep and name in LISTS:
-            out += [f"{LISTS[name]}={item.strip()}" for item in value.split(",") if item.strip()]
+            out += [f"{LISTS[name]}={item.strip()}" for item in value.split() if item.strip()]
         else:
             out.append(arg)
     return out

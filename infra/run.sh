@@ -2,7 +2,7 @@
 # Launch one scan from the flex template. OUTPUT defaults to REPORTS/{date} (today, UTC); with
 # STATE (an earlier run's prefix, e.g. REPORTS/{yesterday}) listings unchanged since keep its
 # verdicts. More gcloud flags pass through, e.g. --max-workers 16.
-# ATTRIBUTE_COLUMNS, SKIP_BAD_FILES (true|false) and IMAGE_URI_PREFIX (comma-separated) set the
+# ATTRIBUTE_COLUMNS, SKIP_BAD_FILES (true|false) and IMAGE_URI_PREFIX (space-separated) set the
 # template parameters of those names (infra/metadata.json).
 # Usage: PROJECT=... [INPUT=... OUTPUT=... MODEL=... STATE=... ATTRIBUTE_COLUMNS=... SKIP_BAD_FILES=...
 #        IMAGE_URI_PREFIX=...] infra/run.sh [gcloud flags...]

@@ -23,7 +23,7 @@ MAX_ERROR_RATE="${MAX_ERROR_RATE:-0.02}"
 MIN_READ="${MIN_READ:-1}"
 MIN_LISTINGS_PER_SECOND="${MIN_LISTINGS_PER_SECOND:-0}"
 EXPECT_DEVICE="${EXPECT_DEVICE:-cuda}"       # the GPU workers' device: a listing scored elsewhere alerts
-export PROJECT BUCKET INPUT REPORTS MODEL TEMPLATE WORKER_SA NOTIFY
+export PROJECT BUCKET INPUT REPORTS MODEL IMAGE_URI_PREFIX TEMPLATE WORKER_SA NOTIFY
 
 render() {  # FILE: with ${NAME} replaced from the environment (a missing name is an error)
     python3 -c 'import os, string, sys; sys.stdout.write(string.Template(open(sys.argv[1]).read()).substitute(os.environ))' "$1"

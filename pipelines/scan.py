@@ -29,16 +29,21 @@ Outputs under PREFIX (full schemas in ``transforms/reports.py``):
   attributes (kind, value, score, p_contradicted, suggested_value, suggested_score);
 - ``errors/*.parquet``: listing_id, source, stage, error_type, message;
 - ``summary.json``: counts, model, calibration and operating point, input, runner, the
-  device each worker scored on, times, listings per second;
+  device each worker scored on, times, listings per second, the run id and the run's shards
+  (shard names carry the run id; ``run.json`` names the run that owns the prefix, and a run
+  whose prefix another scan claimed publishes nothing);
 - ``report.html``: a self-contained page for reviewers, written by the job's last step
   (``WriteHtmlReport``, on a worker, on every runner) from the outputs above once
   ``summary.json`` is final: the ``--report-top`` most severe violations with attention
   heatmaps (``transforms/html_report.py``).
 
+An ``image_uri`` is read only under ``--image-uri-prefix`` (by default the input's own
+bucket or folder; ``transforms/sources.py``), within ``--image-fetch-timeout``.
+
 A rerun to the same PREFIX replaces the previous outputs. Before any work the job checks
-the model, the calibration file, the attribute-column mapping and every input file's
-schema, and stops with a message naming what is wrong; a row group that turns out
-unreadable while the job runs stops it too, naming the file. With ``--skip-bad-files``
+the model, the calibration file, the attribute-column mapping, every input file's schema
+and that PREFIX can be written, and stops with a message naming what is wrong; a row
+group that turns out unreadable while the job runs stops it too, naming the file. With ``--skip-bad-files``
 such files and row groups are reported in ``errors/`` instead (stage ``read``) and the
 rest is scanned. Guarantees, limits and their tests: ``docs/RELIABILITY.md``.
 """
@@ -74,8 +79,9 @@ from transforms.html_report import DEFAULT_TOP, WriteHtmlReport
 from transforms.listings import InputSchemaError, ReadListings, UnreadableInputError, survey_input
 from transforms.progress import TrackProgress
 from transforms.reports import (ERRORS, REMOVED, REPORT, SCORES, SUMMARY, VIOLATIONS, ScanInfo, WriteReports,
-                                clear_outputs, read_summary)
+                                check_writable, claim_prefix, clear_outputs, new_run_id, read_summary)
 from transforms.score import EcomatchModelHandler, ScoreListings, SearchSwaps, SwapSearchHandler
+from transforms.sources import FetchLimits, ImageSources
 from transforms.state import CarryForward, previous_run
 from transforms.storage import use_storage_emulator
 
@@ -129,6 +135,13 @@ def build_parser() -> argparse.ArgumentParser:
                         "verdict without being decoded or scored, its ids no longer read are listed in removed/; "
                         "ignored, with a warning, when that run is incomplete or had another model or calibration")
     p.add_argument("--verbose", action="store_true", help="also log Beam's routine notices (pipelines/notices.py)")
+    p.add_argument("--image-uri-prefix", "--image_uri_prefix", dest="image_uri_prefix", action="append", default=[],
+                   metavar="PREFIX", help="an image_uri must lie under this prefix (repeatable; one value may hold "
+                   "several, separated by spaces), e.g. gs://catalogue-images/ or https://cdn.example.com/ "
+                   "(default: the input's own bucket, or a local input's folder); see docs/RELIABILITY.md")
+    p.add_argument("--image-fetch-timeout", type=float, default=FetchLimits.deadline, metavar="SECONDS",
+                   help="the most time fetching one listing's image_uri may take, redirects included; connecting "
+                        "and each read time out sooner (default: %(default)s)")
     return p
 
 
@@ -227,6 +240,13 @@ def run(argv: Sequence[str] | None = None, save_main_session: bool = True,
         raise ScanConfigError("--report-top must be at least 0")
     if args.state and args.state.rstrip("/") == args.output.rstrip("/"):
         raise ScanConfigError("--state must be an earlier run's prefix, not --output (its reports are replaced)")
+    if not args.image_fetch_timeout > 0:
+        raise ScanConfigError("--image-fetch-timeout must be above 0")
+    try:
+        sources = ImageSources.for_scan(args.input, [p for v in args.image_uri_prefix for p in v.split()],
+                                        FetchLimits.within(args.image_fetch_timeout))
+    except ValueError as exc:
+        raise ScanConfigError(f"--image-uri-prefix: {exc}") from None
     options = PipelineOptions(beam_args)
     if options.view_as(StandardOptions).runner is None:
         options.view_as(StandardOptions).runner = DEFAULT_RUNNER
@@ -246,11 +266,16 @@ def run(argv: Sequence[str] | None = None, save_main_session: bool = True,
         log.warning("--state %s is not used, every listing is scanned: %s", redact(args.state), why)
     info = ScanInfo(args.input, len(files) + len(survey.bad), args.output, args.model, matcher.sha256, calibration,
                     list(matcher.lexicon.kinds), _runner_name(pipeline.options if test_pipeline else options, pipeline),
-                    state=previous.prefix if previous else None)
-    log.info("scanning %d listings in %d file(s) matching %s (columns %s) with model %s (sha256 %s) into %s",
-             survey.rows, len(files), redact(args.input), ", ".join(read_columns), redact(args.model),
-             matcher.sha256[:12], redact(args.output))
+                    state=previous.prefix if previous else None, run_id=new_run_id())
+    log.info("scanning %d listings in %d file(s) matching %s (columns %s) with model %s (sha256 %s) into %s; "
+             "image_uri under %s", survey.rows, len(files), redact(args.input), ", ".join(read_columns),
+             redact(args.model), matcher.sha256[:12], redact(args.output), redact(" ".join(sources.prefixes)))
+    try:
+        check_writable(args.output)     # the last check before any work: it creates the prefix
+    except OSError as exc:
+        raise ScanConfigError(f"--output {exc}") from None
     clear_outputs(args.output)
+    claim_prefix(args.output, info.run_id)     # a run that claimed it earlier and still runs will fail
 
     # The files found bad above go to the reader too: it reports them, with any found bad later.
     read = ReadListings([*files, *survey.bad], read_columns, list(columns))
@@ -259,7 +284,7 @@ def run(argv: Sequence[str] | None = None, save_main_session: bool = True,
         failures = [read_errors]
     else:
         listings, failures = pipeline | "ReadListings" >> read, []
-    decoder = ListingDecoder.from_matcher(matcher, columns)
+    decoder = ListingDecoder.from_matcher(matcher, columns, sources=sources)
     changed, carried, removed = (listings | "CarryForward" >> CarryForward(previous, decoder) if previous
                                  else (listings, None, None))
     decoded, decode_errors = changed | "DecodeListings" >> DecodeListings(decoder)

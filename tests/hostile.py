@@ -11,7 +11,10 @@ a decompression bomb costs a few kB and milliseconds to make.
 """
 from __future__ import annotations
 
+import base64
 import io
+import os
+import socket
 import struct
 import threading
 import zlib
@@ -27,6 +30,7 @@ from PIL import Image
 from pipeline_fixtures import image, listings_table, write_table
 
 SECRETS = ("s3cret-password", "s3cret-signature")   # in a seller's image URL; never in a report or log
+PASSWD = b"root:x:0:0:root:/root:/bin/bash\n"      # a local file an image_uri names; never quoted, nor in hex
 TITLE = "Ardent Men Red Cotton T-Shirt"
 
 
@@ -103,13 +107,47 @@ def huge_exif_png(size: int = 2_000_000) -> bytes:
 
 
 # ---------------------------------------------------------------------------- rows
-def hostile_rows(tmp: Path, http_base: str) -> list[Case]:
-    """The row-level corpus; ``http_base`` is a running :class:`ImageServer`'s URL."""
+def corpus_prefixes(tmp: Path, http_base: str, silent_base: str) -> list[str]:
+    """The ``--image-uri-prefix`` values the corpus is scanned with: ``tmp``, the image
+    server's ``/img/`` and the silent server (each named by its IP literal, 127.0.0.1)."""
+    return [f"{tmp}/", f"{http_base}/img/", f"{silent_base}/"]
+
+
+def hostile_rows(tmp: Path, http_base: str, silent_base: str = "http://127.0.0.1:9") -> list[Case]:
+    """The row-level corpus; ``http_base`` is a running :class:`ImageServer`'s URL,
+    ``silent_base`` a :class:`SilentServer`'s; scan it with :func:`corpus_prefixes`."""
     jpeg = image("JPEG", size=(60, 80))
     noise_jpeg = save(Image.effect_noise((120, 120), 60).convert("RGB"), "JPEG")
     png = image("PNG", (20, 40, 200))
     row = {"title": TITLE, "image": jpeg}
-    secret_uri = f"{http_base.replace('://', f'://seller:{SECRETS[0]}@')}/x.jpg?X-Goog-Signature={SECRETS[1]}&w=1"
+    secret_uri = f"{http_base.replace('://', f'://seller:{SECRETS[0]}@')}/img/missing.jpg?X-Goog-Signature={SECRETS[1]}&w=1"
+    tmp.mkdir(parents=True, exist_ok=True)
+    for name, make in (("fifo.jpg", lambda p: os.mkfifo(p)), ("link.jpg", lambda p: p.symlink_to("/etc/passwd")),
+                       ("passwd.jpg", lambda p: p.write_bytes(PASSWD))):
+        if not os.path.lexists(tmp / name):
+            make(tmp / name)
+    refused = "ImageSourceRefusedError"
+    outside = "outside the allowed prefixes"
+    port = http_base.rsplit(":", 1)[1]
+    uris = [  # image_uri cases: nothing outside the allow-list is read, nothing hangs
+        Case("image-uri-etc-passwd", {"image_uri": "/etc/passwd"}, refused, outside),
+        Case("image-uri-proc-environ", {"image_uri": "/proc/self/environ"}, refused, outside),
+        Case("image-uri-dot-dot", {"image_uri": "../../../../../../etc/passwd"}, refused, outside),
+        Case("image-uri-symlink-out", {"image_uri": str(tmp / "link.jpg")}, refused, outside),
+        Case("image-uri-file-url", {"image_uri": "file:///etc/passwd"}, refused, outside),
+        Case("image-uri-data-url", {"image_uri": "data:image/png;base64," + base64.b64encode(png).decode()},
+             refused, outside),
+        Case("image-uri-loopback-outside", {"image_uri": f"{http_base}/secret.txt"}, refused, outside),
+        Case("image-uri-localhost", {"image_uri": f"http://localhost:{port}/img/shirt.png"}, refused, outside),
+        Case("image-uri-metadata-server", {"image_uri": "http://169.254.169.254/computeMetadata/v1/"}, refused,
+             outside),
+        Case("image-uri-fifo", {"image_uri": str(tmp / "fifo.jpg")}, refused, "a FIFO, not a regular file"),
+        Case("image-uri-directory", {"image_uri": str(tmp)}, refused, "a directory, not a regular file"),
+        Case("image-uri-not-an-image", {"image_uri": str(tmp / "passwd.jpg")}, "UnsupportedImageError",
+             "fetched content not shown"),
+        Case("image-uri-never-answers", {"image_uri": f"{silent_base}/img/x.png"}, "ImageFetchTimeoutError",
+             "(timeout)"),
+    ]
     images = [
         Case("truncated-jpeg", {"image": noise_jpeg[: len(noise_jpeg) // 2]}, "ImageDecodeError",
              "image file is truncated"),
@@ -147,9 +185,16 @@ def hostile_rows(tmp: Path, http_base: str) -> list[Case]:
                                               "\u0641\u0633\u062a\u0627\u0646\u202c"}),
         Case("title-emoji", {"title": "\U0001f525 Ardent Men Red Cotton T-Shirt \U0001f455\u2728 "
                                       "\U0001f1ee\U0001f1f3"}),
+        *(Case(kind, {"title": title}, "ListingError", "title has no words")
+          for kind, title in (("title-emoji-only", "\U0001f525\U0001f455\u2728 \U0001f1ee\U0001f1f3"),
+                              ("title-zero-width-only", "\u200b\u200c\u200d\ufeff\u2060"),
+                              ("title-punctuation-only", "!!! ... --- ??? ***"))),
     ]
-    cases = [Case(c.kind, {"listing_id": c.kind, **row, **c.row}, c.error_type, c.message) for c in images + titles]
+    uris = [Case(c.kind, {"image": None, **c.row}, c.error_type, c.message) for c in uris]
+    cases = [Case(c.kind, {"listing_id": c.kind, **row, **c.row}, c.error_type, c.message)
+             for c in images + uris + titles]
     ids = [Case("null-listing-id", {**row, "listing_id": None}, "ListingError", "listing_id is empty"),
+           Case("blank-listing-id", {**row, "listing_id": " \t\u3000 "}, "ListingError", "listing_id is blank"),
            *(Case("path-in-listing-id", {**row, "listing_id": lid})
              for lid in ("../../escape", "/tmp/escape", "nested\\..\\escape", "ctl\x00\x1b escape")),
            *(Case("duplicate-listing-id", {**row, "listing_id": "dup", "image": image(size=(30 + k, 40))})
@@ -204,8 +249,8 @@ def write_shards(root: Path, cases: list[Case], good: pa.Table) -> list[Case]:
 
 # ---------------------------------------------------------------------------- a loopback image server
 class ImageServer:
-    """An HTTP server on 127.0.0.1 for ``image_uri`` cases: ``GET /img/...`` serves ``body``,
-    anything else is 404."""
+    """An HTTP server on 127.0.0.1 for ``image_uri`` cases: ``GET /img/...`` serves ``body``
+    (but ``/img/missing...``), anything else is 404."""
 
     def __init__(self, body: bytes):
         self.body = body
@@ -213,7 +258,7 @@ class ImageServer:
 
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self) -> None:
-                if not self.path.startswith("/img/"):
+                if not self.path.startswith("/img/") or "missing" in self.path:
                     self.send_error(404)
                     return
                 self.send_response(200)
@@ -237,3 +282,19 @@ class ImageServer:
     def __exit__(self, *exc: Any) -> None:
         self._http.shutdown()
         self._http.server_close()
+
+
+class SilentServer:
+    """A socket on 127.0.0.1 that accepts connections (in the kernel's backlog) and never answers."""
+
+    def __init__(self) -> None:
+        self._sock = socket.socket()
+        self._sock.bind(("127.0.0.1", 0))
+        self._sock.listen(64)
+        self.url = f"http://127.0.0.1:{self._sock.getsockname()[1]}"
+
+    def __enter__(self) -> "SilentServer":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._sock.close()

@@ -115,3 +115,37 @@ def test_an_uncalibrated_checkpoint_loads_without_a_policy(tiny_ckpt, tmp_path):
     tiny_ckpt.policy = None
     save(tiny_ckpt, str(tmp_path / "m"))
     assert not (tmp_path / "m" / "calibration.json").exists() and load_checkpoint(str(tmp_path / "m")).policy is None
+
+
+@pytest.mark.parametrize("key, value, message", [
+    ("image.patch", 0, "image.patch is 0, expected an integer in [4, 256]"),
+    ("text.max_len", 1e9, "text.max_len is 1000000000.0, expected an integer in [1, 4096]"),
+    ("text.max_len", 10 ** 9, "text.max_len is 1000000000, expected an integer in [1, 4096]"),
+    ("image.width", "128", "image.width is '128', expected an integer in [1, 8192]"),
+    ("image.depth", True, "image.depth is True, expected an integer in [1, 64]"),
+    ("text.heads", -4, "text.heads is -4, expected an integer in [1, 128]"),
+    ("image.mlp_hidden", [256, "x"], "image.mlp_hidden[1] is 'x', expected an integer in [1, 65536]"),
+    ("compression", 0, "compression is 0, expected an integer in [1, 1024]"),
+    ("aga_heads", None, "aga_heads is None, expected an integer in [1, 128]"),
+    ("prune_ratio", float("nan"), "prune_ratio is nan, expected a number in [0, 1)"),
+    ("pruned", "yes", "pruned is 'yes', expected true or false"),
+    ("text", "big", "text is 'big', expected an object of TextConfig keys"),
+])
+def test_config_values_are_checked_naming_the_key(tiny_ckpt, tmp_path, key, value, message):
+    """A re-signed config.json with a value of the wrong type or out of bounds ends in one
+    CheckpointError line naming the key (it used to be a ZeroDivisionError, a 768 GB
+    allocation or a cryptic TypeError)."""
+    save(tiny_ckpt, str(tmp_path / "m"))
+
+    def set_value(b):
+        cfg = json.loads(b)
+        *path, leaf = key.split(".")
+        target = cfg
+        for part in path:
+            target = target[part]
+        target[leaf] = value
+        return json.dumps(cfg).encode()
+    _rewrite(tmp_path / "m", "config.json", set_value)
+    with pytest.raises(CheckpointError) as err:
+        load_checkpoint(str(tmp_path / "m"))
+    assert str(err.value) == f"{tmp_path / 'm'}: bad config.json: {message}"

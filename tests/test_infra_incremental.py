@@ -118,3 +118,39 @@ def test_state_is_used_only_when_complete_and_alike(catalogue: pa.Table, model_d
             None, "it holds no complete run (no readable summary.json)")
     with pytest.raises(ScanConfigError, match="--state must be an earlier run"):
         run(["--input", "x.parquet", "--output", str(tmp_path / "a"), "--state", str(tmp_path / "a") + "/"])
+
+
+def smash_first_page(path: Path) -> None:
+    """Overwrite the first page header of ``listing_id`` in row group 1: the footer stays readable."""
+    meta = pq.read_metadata(path)
+    chunk = meta.row_group(0).column(meta.schema.to_arrow_schema().get_field_index("listing_id"))
+    offset = chunk.dictionary_page_offset if chunk.has_dictionary_page else chunk.data_page_offset
+    data = bytearray(path.read_bytes())
+    data[offset:offset + 8] = b"\xff" * 8
+    path.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize("damage", ["truncated", "not-parquet", "corrupt-page"])
+def test_an_unreadable_state_is_ignored_with_a_warning(catalogue: pa.Table, model_dir: str, tmp_path: Path,
+                                                      caplog, damage: str):
+    """A state whose scores shard is truncated, not Parquet, or has a corrupt page behind a good
+    footer: the scan finishes, says why in a warning, and scores every listing again (it used
+    to end in an ArrowInvalid traceback)."""
+    scan(tmp_path, catalogue, "a", model_dir)
+    [shard] = (tmp_path / "a" / "scores").glob("*.parquet")
+    if damage == "truncated":
+        shard.write_bytes(shard.read_bytes()[:-100])
+    elif damage == "not-parquet":
+        shard.write_bytes(b"<!doctype html><title>503</title>")
+    else:
+        smash_first_page(shard)
+    with caplog.at_level("WARNING"):
+        result = scan(tmp_path, catalogue, "b", model_dir, "--state", str(tmp_path / "a"))
+    summary = read_summary(str(tmp_path / "b"))
+    assert inferred(result) == N and summary["counts"]["scored"] == N and summary["incremental"]["carried"] == 0
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING" and "--state" in r.getMessage()]
+    if damage == "corrupt-page":          # the footer check passes; the job skips the row group
+        assert any(f"row group 1 of {shard} cannot be read" in w for w in warnings), warnings
+    else:
+        assert summary["incremental"]["state"] is None
+        assert any(f"its shard {shard} cannot be read" in w for w in warnings), warnings

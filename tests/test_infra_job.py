@@ -21,7 +21,7 @@ from ecomatch_model import load
 from ecomatch_model.sample import make_listings
 from infra import launch
 from ecomatch_model.verdict import describe
-from transforms.reports import SCORING_RULES
+from transforms.reports import SCORES_SCHEMA, SCORING_RULES, VIOLATIONS_SCHEMA
 
 IMAGE = "us-central1-docker.pkg.dev/shop-prod/ecomatch/worker:0123456789ab"
 DAY = dt.date(2026, 11, 26)
@@ -38,6 +38,9 @@ def test_launch_writes_gpu_job_without_submitting(gcs: gcsfs.GCSFileSystem, tmp_
         "scoring_rules": SCORING_RULES,
         "files": {"scores": ["scores/part-00000-of-00001.parquet"],
                   "violations": ["violations/part-00000-of-00001.parquet"]}}).encode())
+    for name, schema in (("scores", SCORES_SCHEMA), ("violations", VIOLATIONS_SCHEMA)):   # its shards, readable
+        with gcs.open(f"{BUCKET}/reports/2026-11-25/{name}/part-00000-of-00001.parquet", "wb") as f:
+            pq.write_table(schema.empty_table(), f)
     monkeypatch.setenv(launch.IMAGE_ENV, IMAGE)
     job_file = tmp_path / "job.json"
 
@@ -85,4 +88,6 @@ def test_launch_writes_gpu_job_without_submitting(gcs: gcsfs.GCSFileSystem, tmp_
     gcs.invalidate_cache()
     assert not gcs.exists(f"{BUCKET}/reports/2026-11-26/summary.json")
     assert gcs.exists(f"{BUCKET}/reports/2026-11-25/summary.json")
-    assert not gcs.exists(f"{BUCKET}/reports/{{date}}") and not gcs.glob(f"{BUCKET}/reports/2026-11-26/**")
+    assert not gcs.exists(f"{BUCKET}/reports/{{date}}")
+    # Tonight's prefix holds only the claim of the run described (run.json), no report.
+    assert [p.rsplit("/", 1)[1] for p in gcs.find(f"{BUCKET}/reports/2026-11-26")] == ["run.json"]

@@ -34,7 +34,8 @@ GOOD = {
     "state": ["gs://reports/scan/{yesterday}", "gs://reports/scan/2026-11-25"],
     "attribute_columns": ["base_colour=colour", "colour_name=colour,Type=article_type,fabric.main=material"],
     "skip_bad_files": ["true", "false"],
-    "image_uri_prefix": ["gs://catalogue-images/", "gs://a/b/,https://cdn.example.com/img/"],
+    "image_uri_prefix": ["gs://catalogue-images/", "https://cdn.example.com/", "gs://shop-prod-catalogue/",
+                         "gs://catalogue-images/ https://cdn.example.com:8443/img/", "gs://a-b/c/"],
 }
 BAD = {
     "input": ["", "listings/*.parquet", "/data/listings.parquet", "gs://", "gs://ab/x", "gs://Catalogue/x",
@@ -47,7 +48,9 @@ BAD = {
     "attribute_columns": ["", "base_colour", "base_colour=", "=colour", "a=colour,", "a=colour b=pattern",
                           "a=Colour"],
     "skip_bad_files": ["", "yes", "True", "1", "true "],
-    "image_uri_prefix": ["", "catalogue-images/", "/data/images", "gs://a/,", "gs://a/ b", "gs://a/,,gs://b/"],
+    "image_uri_prefix": ["", "gs://imgs", "http://cdn.example.com/", "https://user:pw@cdn.example.com/",
+                         "/etc/", "file:///", "data:", "https://cdn.example.com", "gs://imgs/ /tmp/",
+                         "gs://imgs/*", "https://169.254.169.254/ x"],
 }
 
 
@@ -60,17 +63,10 @@ def scan_options() -> dict[str, object]:
     return {s: a for a in build_parser()._actions for s in a.option_strings}
 
 
-# Scan options being added on another branch: their template parameter and pass-through exist
-# already, and are checked against the scan once the option is there.
-PENDING = {"--image-uri-prefix"}
-
-
 def test_parameters_are_scan_arguments():
     options = scan_options()
     for name, param in PARAMS.items():
         option = launch.scan_option(name)
-        if option in PENDING and option not in options:
-            continue
         action = options.get(option)
         assert action is not None, f"template parameter {name!r} is not an argument of the scan"
         assert action.dest == option[2:].replace("-", "_"), name
@@ -111,13 +107,14 @@ def test_common_sh_defaults_pass_the_template_regexes():
 
 def test_launcher_writes_template_parameters_as_scan_options():
     argv = launch.template_args(["--input=gs://c/x.parquet", "--attribute_columns=colour_name=colour",
-                                 "--skip_bad_files=true", "--image_uri_prefix=gs://img/,https://cdn.example.com/",
+                                 "--skip_bad_files=true", "--image_uri_prefix=gs://img/ https://cdn.example.com/",
                                  "--max_num_workers=3"])
     assert argv == ["--input=gs://c/x.parquet", "--attribute-columns=colour_name=colour", "--skip-bad-files",
                     "--image-uri-prefix=gs://img/", "--image-uri-prefix=https://cdn.example.com/",
                     "--max_num_workers=3"]
-    args, rest = build_parser().parse_known_args(["--output=gs://r/x", *(a for a in argv if "image-uri" not in a)])
+    args, rest = build_parser().parse_known_args(["--output=gs://r/x", *argv])
     assert (args.attribute_columns, args.skip_bad_files, rest) == ("colour_name=colour", True, ["--max_num_workers=3"])
+    assert args.image_uri_prefix == ["gs://img/", "https://cdn.example.com/"]
     assert "--skip-bad-files" not in launch.template_args(["--skip_bad_files=false"])
     with pytest.raises(SystemExit, match="true or false"):
         launch.template_args(["--skip_bad_files=yes"])
@@ -145,7 +142,8 @@ def common_sh_env(**overrides: str) -> dict[str, str]:
 def deploy_env() -> dict[str, str]:
     """Values for the names infra/schedule.sh exports, as infra/common.sh sets them by default."""
     env = common_sh_env()
-    return {**{n: env[n] for n in ("PROJECT", "BUCKET", "INPUT", "REPORTS", "MODEL", "TEMPLATE", "WORKER_SA")},
+    return {**{n: env[n] for n in ("PROJECT", "BUCKET", "INPUT", "REPORTS", "MODEL", "IMAGE_URI_PREFIX", "TEMPLATE",
+                                   "WORKER_SA")},
             "NOTIFY": "projects/shop-prod/notificationChannels/123"}
 
 

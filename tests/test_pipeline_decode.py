@@ -16,6 +16,7 @@ from transforms.decode import (DecodeListings, ListingDecoder, ListingError, Uns
                                image_bytes, image_format)
 from transforms.errors import ErrorRecord
 from transforms.listings import RawListing
+from transforms.sources import ImageSourceRefusedError, ImageSources
 
 
 def raw(row: dict, source: str = "s.parquet") -> RawListing:
@@ -36,14 +37,17 @@ def test_image_format_refuses_others():
 def test_image_bytes_prefers_inline_then_uri(tmp_path: Path):
     path = tmp_path / "x.png"
     path.write_bytes(b"from-file")
+    here = ImageSources.for_scan(str(tmp_path / "*.parquet"))
     assert image_bytes(RawListing("s", "1", "t", b"inline", str(path))) == b"inline"
-    assert image_bytes(RawListing("s", "1", "t", b"", str(path))) == b"from-file"
+    assert image_bytes(RawListing("s", "1", "t", b"", str(path)), sources=here) == b"from-file"
     with pytest.raises(ListingError, match="over 4 bytes"):
-        image_bytes(RawListing("s", "1", "t", None, str(path)), max_bytes=4)
+        image_bytes(RawListing("s", "1", "t", None, str(path)), max_bytes=4, sources=here)
     with pytest.raises(ListingError, match="'image' and 'image_uri' are both empty"):
         image_bytes(RawListing("s", "1", "t", None, ""))
     with pytest.raises(FileNotFoundError):
-        image_bytes(RawListing("s", "1", "t", None, str(tmp_path / "missing.png")))
+        image_bytes(RawListing("s", "1", "t", None, str(tmp_path / "missing.png")), sources=here)
+    with pytest.raises(ImageSourceRefusedError, match="outside the allowed prefixes"):   # by default nothing is fetched
+        image_bytes(RawListing("s", "1", "t", None, str(path)))
 
 
 def test_content_hash_covers_every_input():
@@ -114,6 +118,7 @@ def test_decode_listings_splits_good_and_bad_rows(matcher, tmp_path: Path):
 
     with fn_api_pipeline() as p:
         decoded, errors = (p | beam.Create([raw(r) for r in rows])
-                           | DecodeListings(ListingDecoder.from_matcher(matcher, ATTRS)))
+                           | DecodeListings(ListingDecoder.from_matcher(
+                               matcher, ATTRS, sources=ImageSources.for_scan(str(tmp_path / "*.parquet")))))
         assert_that(decoded | beam.Map(_decoded_key), equal_to(expected), label="Decoded")
         assert_that(errors, check_errors, label="Errors")

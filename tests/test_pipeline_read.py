@@ -38,6 +38,12 @@ def test_check_schema_reads_present_columns_only():
      "f.parquet: column 'image_uri' has type binary, expected string"),
     (pa.schema([("listing_id", pa.string()), ("title", pa.string()), ("image", pa.binary()),
                 ("base_colour", pa.int32())]), "f.parquet: column 'base_colour' has type int32, expected string"),
+    # a duplicate column is named as such (it used to read "column 'title' has type int64")
+    (pa.schema([("listing_id", pa.string()), ("title", pa.string()), ("image", pa.binary()), ("title", pa.int64())]),
+     "f.parquet: column 'title' appears 2 times"),
+    (pa.schema([("listing_id", pa.string()), ("title", pa.string()), ("image", pa.binary()),
+                ("base_colour", pa.string()), ("base_colour", pa.string())]),
+     "f.parquet: column 'base_colour' appears 2 times"),
 ])
 def test_check_schema_names_file_and_column(schema, message):
     with pytest.raises(InputSchemaError) as exc:

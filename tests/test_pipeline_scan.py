@@ -3,6 +3,8 @@ and the bundled sample's ground truth."""
 from __future__ import annotations
 
 import json
+import os
+import re
 from pathlib import Path
 
 import pyarrow as pa
@@ -48,7 +50,7 @@ def test_scan_cli_end_to_end_then_rerun(tmp_path: Path, model_dir, capsys):
     write_table(tmp_path / "in" / "listings-mixed.parquet", listings_table(mixed_rows(tmp_path)))
     out = tmp_path / "out"
     assert scan("--input", str(tmp_path / "in" / "*.parquet"), "--output", str(out), "--model", model_dir,
-                "--batch-size", "4") == 0
+                "--batch-size", "4", "--image-uri-prefix", f"{tmp_path}/images/") == 0    # b's image is not under in/
     printed = capsys.readouterr().out
     assert "read 18 listings: 15 scored" in printed and f"violations: {out}/violations/" in printed
 
@@ -74,6 +76,7 @@ def test_scan_cli_end_to_end_then_rerun(tmp_path: Path, model_dir, capsys):
     expected_hash = content_hash(matcher.sha256, first["title"], [(k, v) for k, v in attrs if v], first["image"])
     assert next(r for r in scores if r["listing_id"] == first["listing_id"])["content_hash"] == expected_hash
 
+    first_run = summary["run_id"]
     # A rerun to the same prefix replaces everything: fewer listings, a calibration that passes all.
     (out / "scores" / "part-00003-of-00007.parquet").write_bytes(b"stale")
     kinds = json.loads((Path(model_dir) / "lexicon.json").read_text())["kinds"]
@@ -84,7 +87,8 @@ def test_scan_cli_end_to_end_then_rerun(tmp_path: Path, model_dir, capsys):
     assert (violations, errors) == ([], [])
     assert {r["verdict"] for r in scores} == {"ok"}
     assert summary["calibration"]["source"] == passing and summary["calibration"]["cut"] == 0.5
-    assert summary["files"]["scores"] == ["scores/part-00000-of-00001.parquet"]
+    assert summary["files"]["scores"] == [f"scores/part-{summary['run_id']}-00000-of-00001.parquet"]
+    assert re.fullmatch(r"\d{8}T\d{6}Z-[0-9a-f]{8}", summary["run_id"]) and summary["run_id"] != first_run
 
 
 def test_bad_schema_fails_fast_naming_file_and_column(tmp_path: Path, model_dir, capsys):
@@ -199,3 +203,20 @@ def test_sample_scan_flags_every_deliberate_mismatch_with_the_right_kind(sample_
     wrong = [(r["listing_id"], r["verdict"], r["worst_kind"]) for r in _planted(sample_scan[0], kind)
              if r["worst_kind"] not in RIGHT_KINDS[kind]]
     assert len(wrong) <= KNOWN_MISSES.get(kind, 0), wrong
+
+
+@pytest.mark.parametrize("where", ["under-a-file", "proc", "read-only"])
+def test_an_unwritable_output_is_refused_before_any_work(tmp_path: Path, model_dir, capsys, where: str):
+    """--output under a regular file, under /proc or in a read-only folder: one line, exit 2,
+    before the job starts (it used to fail after the job had started, with a traceback)."""
+    good = sample_shards(tmp_path / "in", 4, 1)
+    (tmp_path / "file").write_text("a regular file")
+    (tmp_path / "ro").mkdir()
+    (tmp_path / "ro").chmod(0o555)
+    out = {"under-a-file": tmp_path / "file" / "out", "proc": Path("/proc/ecomatch-out"),
+           "read-only": tmp_path / "ro" / "out"}[where]
+    if where == "read-only" and os.access(tmp_path / "ro", os.W_OK):
+        pytest.skip("running as a user who may write anywhere (root): a read-only folder is writable")
+    assert scan("--input", good[0], "--output", str(out), "--model", model_dir) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"ecomatch scan: error: --output cannot write under {out}: "), err

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from hostile import BAD_FILES, ImageServer, gif_bomb, hostile_rows, png_bomb
+from hostile import BAD_FILES, ImageServer, SilentServer, corpus_prefixes, gif_bomb, hostile_rows, png_bomb
 from PIL import ImageFile
 from pipeline_fixtures import image
 from pipeline_fixtures import matcher_fixture  # noqa: F401 (fixtures)
@@ -19,6 +19,7 @@ from ecomatch_model.preprocess import ImageDecodeError, ImageTooLargeError, to_u
 from transforms.decode import InputLimits, InputTooLargeError, ListingDecoder
 from transforms.errors import redact
 from transforms.listings import RawListing
+from transforms.sources import FetchLimits, ImageSources
 
 TESTS = Path(__file__).resolve().parent
 MEMORY_BOUND = 1 << 30      # what decoding one image at the default pixel cap may take (docs/RELIABILITY.md)
@@ -30,10 +31,11 @@ def test_the_corpus_has_at_least_25_kinds(tmp_path: Path):
 
 
 def test_every_hostile_row_is_decoded_or_refused_precisely(matcher, tmp_path: Path):
-    decoder = ListingDecoder.from_matcher(matcher, {})
     shapes = {}
-    with ImageServer(image()) as server:
-        for case in hostile_rows(tmp_path, server.url):
+    with ImageServer(image()) as server, SilentServer() as silent:
+        sources = ImageSources.for_scan("", corpus_prefixes(tmp_path, server.url, silent.url), FetchLimits.within(2))
+        decoder = ListingDecoder.from_matcher(matcher, {}, sources=sources)
+        for case in hostile_rows(tmp_path, server.url, silent.url):
             if case.error_type is None:
                 out = decoder(raw(case.row))
                 shapes[case.kind] = [a.shape for a in (out.pixels, out.ids, out.mask, out.attr_mask, out.attr_valid)]
@@ -61,7 +63,8 @@ def test_each_cap_refuses_just_over_it_with_a_precise_error(matcher, tmp_path: P
     jpeg = image("JPEG", size=(10, 10))
     (tmp_path / "i.jpg").write_bytes(jpeg)
     limits = InputLimits(max_image_bytes=len(jpeg), max_title_chars=10, max_pixels=100)
-    decode = ListingDecoder.from_matcher(matcher, {}, limits)
+    sources = ImageSources.for_scan(str(tmp_path / "*.parquet"))
+    decode = ListingDecoder.from_matcher(matcher, {}, limits, sources)
     decode(RawListing("s", "1", "Red Shirts", jpeg))                                  # every cap met exactly
     decode(RawListing("s", "1", "Red Shirts", None, str(tmp_path / "i.jpg")))
     refused = [
@@ -76,7 +79,7 @@ def test_each_cap_refuses_just_over_it_with_a_precise_error(matcher, tmp_path: P
             decode(row)
         assert str(err.value) == message
     with pytest.raises(InputTooLargeError, match=f"image at .*i.jpg is over {len(jpeg) - 1} bytes"):
-        ListingDecoder.from_matcher(matcher, {}, InputLimits(max_image_bytes=len(jpeg) - 1))(
+        ListingDecoder.from_matcher(matcher, {}, InputLimits(max_image_bytes=len(jpeg) - 1), sources)(
             RawListing("s", "1", "Red Shirt", None, str(tmp_path / "i.jpg")))
 
 
@@ -132,3 +135,39 @@ def test_hostile_pixels_are_letterboxed_not_stretched():
     px = to_uint8(image("JPEG", (0, 0, 255), size=(20000, 20)), 32)
     blue_rows = ((px[2] > 200) & (px[0] < 60)).any(axis=1)
     assert px.shape == (3, 32, 32) and np.flatnonzero(blue_rows).tolist() == [15] and (px[:, 0, :] == 255).all()
+
+
+@pytest.mark.parametrize("text, masked", [
+    # the whole user-info, whatever it holds
+    ("http://alice:s3cr@tPW@host/x.jpg", "http://***@host/x.jpg"),
+    ("http://alice:pa/ss@host/x.jpg", "http://***@host/x.jpg"),
+    ("http://alice:p?ss#w@host/x.jpg", "http://***@host/x.jpg"),
+    ("https://token-only@host/x.jpg", "https://***@host/x.jpg"),
+    ("cannot read 'ftp://u:p@h/a.jpg': timeout", "cannot read 'ftp://***@h/a.jpg': timeout"),
+    # query and fragment values whose names look secret
+    ("https://h/a.jpg#access_token=eyJ0&token_type=bearer&expires_in=3600",
+     "https://h/a.jpg#access_token=***&token_type=***&expires_in=3600"),
+    ("https://h/a.jpg?sessionid=abc123&w=2", "https://h/a.jpg?sessionid=***&w=2"),
+    ("https://h/cb?code=4/0AY0e&state=xyz", "https://h/cb?code=***&state=xyz"),
+    ("https://h/a?session=s1&sid=s2&auth=s3&Authorization=s4",
+     "https://h/a?session=***&sid=***&auth=***&Authorization=***"),
+    ("https://h/a?password=p&passwd=p&pwd=p&client_secret=s",
+     "https://h/a?password=***&passwd=***&pwd=***&client_secret=***"),
+    ("https://h/a?key=k&apikey=k&api-key=k&refresh_token=t",
+     "https://h/a?key=***&apikey=***&api-key=***&refresh_token=***"),
+    # signed URLs
+    ("https://storage.googleapis.com/b/o.jpg?X-Goog-Algorithm=GOOG4&X-Goog-Credential=sa%40p&X-Goog-Signature=9f8e",
+     "https://storage.googleapis.com/b/o.jpg?X-Goog-Algorithm=GOOG4&X-Goog-Credential=***&X-Goog-Signature=***"),
+    ("https://b.s3.amazonaws.com/o.jpg?X-Amz-Credential=AKIA&X-Amz-Signature=abc&X-Amz-Security-Token=t&X-Amz-Date=1",
+     "https://b.s3.amazonaws.com/o.jpg?X-Amz-Credential=***&X-Amz-Signature=***&X-Amz-Security-Token=***&X-Amz-Date=1"),
+    ("https://a.blob.core.windows.net/c/o.jpg?sv=2021&sig=ab%2Bc&se=2026",
+     "https://a.blob.core.windows.net/c/o.jpg?sv=2021&sig=***&se=2026"),
+    ("https://d.cloudfront.net/o.jpg?Expires=1&Signature=abc&Key-Pair-Id=K1&Policy=eyJ",
+     "https://d.cloudfront.net/o.jpg?Expires=1&Signature=***&Key-Pair-Id=***&Policy=***"),
+    # left alone
+    ("gs://b/shirt@2x.png", "gs://b/shirt@2x.png"),
+    ("https://[::1]:8080/a.jpg?w=100&h=100", "https://[::1]:8080/a.jpg?w=100&h=100"),
+    ("https://h:8080/@shop/a.jpg", "https://h:8080/@shop/a.jpg"),
+])
+def test_redact_masks_every_credential(text, masked):
+    assert redact(text) == masked

@@ -17,18 +17,20 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import apache_beam as beam
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from apache_beam.testing.util import assert_that, equal_to
-from hostile import BAD_FILES, SECRETS, Case, ImageServer, hostile_rows, write_shards
-from pipeline_fixtures import fn_api_pipeline, image
+from hostile import (BAD_FILES, PASSWD, SECRETS, Case, ImageServer, SilentServer, corpus_prefixes, hostile_rows,
+                     write_shards)
+from pipeline_fixtures import fn_api_pipeline, image, write_table
 from test_pipeline_scan import read_reports, sample_shards
 
 import transforms.flag
 from ecomatch_model import cli
 from ecomatch_model.sample import make_listings
 from pipelines.scan import run
-from transforms.listings import ReadListings
+from transforms.listings import ReadListings, file_row_groups, read_row_group
 from transforms.reports import ScanInfo, write_summary
 from transforms.score import EcomatchModelHandler
 
@@ -84,20 +86,33 @@ def server() -> Iterator[ImageServer]:
 
 
 @pytest.fixture(scope="module")
-def corpus(tmp_path_factory, server: ImageServer) -> tuple[Path, list[Case]]:
-    """The corpus under ``root/rows`` and ``root/bad``, and the cases its readable rows hold."""
-    root = tmp_path_factory.mktemp("corpus")
-    return root, write_shards(root, hostile_rows(root, server.url), make_listings(4, seed=7, size=64))
+def silent() -> Iterator[SilentServer]:
+    with SilentServer() as s:
+        yield s
 
 
 @pytest.fixture(scope="module")
-def corpus_scan(corpus, tmp_path_factory) -> tuple[Path, list[str]]:
-    """The corpus scanned once with --skip-bad-files: the output prefix and the log lines."""
+def corpus(tmp_path_factory, server: ImageServer, silent: SilentServer) -> tuple[Path, list[Case]]:
+    """The corpus under ``root/rows`` and ``root/bad``, and the cases its readable rows hold."""
+    root = tmp_path_factory.mktemp("corpus")
+    return root, write_shards(root, hostile_rows(root, server.url, silent.url), make_listings(4, seed=7, size=64))
+
+
+@pytest.fixture(scope="module")
+def corpus_args(corpus, server: ImageServer, silent: SilentServer) -> list[str]:
+    """The scan's arguments for the corpus: its allow-list and a short fetch deadline."""
     root, _ = corpus
+    return ["--input", str(root / "*" / "*.parquet"), "--skip-bad-files", "--batch-size", "4",
+            "--image-fetch-timeout", "2",
+            *(a for p in corpus_prefixes(root, server.url, silent.url) for a in ("--image-uri-prefix", p))]
+
+
+@pytest.fixture(scope="module")
+def corpus_scan(corpus_args, tmp_path_factory) -> tuple[Path, list[str]]:
+    """The corpus scanned once with --skip-bad-files: the output prefix and the log lines."""
     out = tmp_path_factory.mktemp("scan") / "out"
     with captured_logs() as logs:
-        assert scan("--input", str(root / "*" / "*.parquet"), "--output", str(out), "--skip-bad-files",
-                    "--batch-size", "4") == 0
+        assert scan(*corpus_args, "--output", str(out)) == 0
     return out, logs
 
 
@@ -139,6 +154,8 @@ def test_no_credentials_in_reports_or_logs(corpus_scan):
     texts = ["\n".join(logs)] + [str(pq.read_table(p).to_pylist()) if p.suffix == ".parquet" else
                                  p.read_text(errors="replace") for p in out.rglob("*") if p.is_file()]
     assert [s for s in SECRETS if any(s in t for t in texts)] == []
+    # Nothing an image_uri returned is quoted, as text or as hex (the first 12 bytes used to be).
+    assert [t[:200] for t in texts if PASSWD[:12].decode() in t or PASSWD[:6].hex() in t] == []
     _, _, errors, _ = read_reports(out)
     leaked = next(e for e in errors if e["listing_id"] == "image-uri-with-credentials")["message"]
     assert "://***@127.0.0.1" in leaked and "X-Goog-Signature=***" in leaked
@@ -164,10 +181,8 @@ def test_listing_ids_never_become_paths(corpus, corpus_scan):
     assert named == [] and not any(os.path.lexists(p) for p in ("/tmp/escape", REPO.parent.parent / "escape"))
 
 
-def test_a_rescan_gives_identical_scores_and_violations(corpus, corpus_scan, tmp_path: Path):
-    root, _ = corpus
-    assert scan("--input", str(root / "*" / "*.parquet"), "--output", str(tmp_path / "again"), "--skip-bad-files",
-                "--batch-size", "4") == 0
+def test_a_rescan_gives_identical_scores_and_violations(corpus_args, corpus_scan, tmp_path: Path):
+    assert scan(*corpus_args, "--output", str(tmp_path / "again")) == 0
     first, again = read_reports(corpus_scan[0]), read_reports(tmp_path / "again")
     assert rows_by_content(first[0]) == rows_by_content(again[0])
     assert rows_by_content(first[1]) == rows_by_content(again[1])
@@ -230,7 +245,9 @@ def test_a_scan_killed_mid_run_then_rerun_leaves_complete_outputs(small_input: P
     assert rows_by_content(violations) == rows_by_content(reference[1])
     assert summary["counts"] == reference[3]["counts"]
     assert_clean_layout(out, summary)
-    assert set(debris) & set(output_files(out)) == set()
+    # run.json is rewritten, not left: it names the rerun, as summary.json does.
+    assert set(debris) & set(output_files(out)) == {"run.json"}
+    assert json.loads((out / "run.json").read_text()) == {"run_id": summary["run_id"]}
 
 
 class TransientFault(RuntimeError):
@@ -294,3 +311,78 @@ def test_read_listings_with_exception_handling_reports_unreadable_inputs(corpus)
         assert_that(errors | beam.Map(lambda e: (Path(e.source).name, e.stage, e.error_type, e.listing_id)),
                     equal_to([(name, "read", error_type, None) for name, (error_type, _) in BAD_FILES.items()]),
                     label="Errors")
+
+
+# ---------------------------------------------------------------------------- text that is not UTF-8
+def with_invalid_utf8(table: pa.Table, column: str, row: int, value: bytes) -> pa.Table:
+    """``table`` with ``value`` (bytes that are not UTF-8) as row ``row`` of string ``column``."""
+    values = table.column(column).to_pylist()
+    values[row] = value
+    raw = pa.array([v.encode() if isinstance(v, str) else v for v in values], pa.binary())
+    return table.set_column(table.schema.get_field_index(column), column, raw.view(pa.string()))
+
+
+@pytest.mark.parametrize("skip", [False, True])
+def test_one_invalid_utf8_value_fails_its_row_only(tmp_path: Path, skip: bool):
+    """One title with bytes \\xff\\xfe among 16 rows of one row group: that listing is an
+    error row, the other 15 are scored, with --skip-bad-files or without."""
+    table = with_invalid_utf8(make_listings(16, seed=5, size=64), "title", 3, b"Red \xff\xfe Shirt")
+    bad_id = table.column("listing_id")[3].as_py()
+    (tmp_path / "in").mkdir()
+    pq.write_table(table, tmp_path / "in" / "a.parquet", row_group_size=16)
+    assert pq.read_metadata(tmp_path / "in" / "a.parquet").num_row_groups == 1
+    out = tmp_path / "out"
+    assert scan("--input", str(tmp_path / "in" / "*.parquet"), "--output", str(out), "--batch-size", "4",
+                *(["--skip-bad-files"] if skip else [])) == 0
+    scores, _, errors, summary = read_reports(out)
+    assert len(scores) == 15 and bad_id not in {r["listing_id"] for r in scores}
+    assert [(e["listing_id"], e["stage"], e["error_type"], e["message"]) for e in errors] == \
+        [(bad_id, "decode", "ListingError", "title is not valid UTF-8 (byte 0xff at offset 4)")]
+    assert (summary["counts"]["read"], summary["skipped_inputs"]) == (16, 0)
+
+
+def test_invalid_utf8_in_any_text_column_names_the_column(tmp_path: Path):
+    table = make_listings(4, seed=5, size=64).drop_columns(["image"]).append_column(
+        "image_uri", pa.array([str(tmp_path / "x.png")] * 4))
+    table = with_invalid_utf8(table, "listing_id", 0, b"id-\xc3")
+    table = with_invalid_utf8(table, "base_colour", 1, b"R\xe9d")
+    table = with_invalid_utf8(table, "image_uri", 2, b"/img/\x80.png")
+    path = write_table(tmp_path / "a.parquet", table)
+    group = file_row_groups(path, ["base_colour"])[0]
+    rows = read_row_group(group, table.column_names, ["base_colour"])
+    assert [r.invalid for r in rows] == [{"listing_id": "listing_id is not valid UTF-8 (byte 0xc3 at offset 3)"},
+                                         {"base_colour": "base_colour is not valid UTF-8 (byte 0xe9 at offset 1)"},
+                                         {"image_uri": "image_uri is not valid UTF-8 (byte 0x80 at offset 5)"}, {}]
+    assert rows[0].listing_id == "id-\\xc3" and rows[3].listing_id == table.column("listing_id")[3].as_py()
+
+
+# ---------------------------------------------------------------------------- two scans, one prefix
+def test_two_scans_racing_to_one_prefix_leave_exactly_one_run(small_input: Path, tmp_path: Path, monkeypatch):
+    """Scan A (24 listings) is mid-run when scan B (8 other listings) starts on the same prefix
+    and finishes. A must not publish: it fails, and the prefix holds B's run alone: its
+    summary.json with its run id, every shard it lists named with that id and holding B's
+    listings (both used to exit 0, mixing one run's errors shard with the other's summary)."""
+    other = tmp_path / "other"
+    sample_shards(other, 8, 1, seed=11)
+    out = tmp_path / "out"
+    flag, calls = transforms.flag.flag_listing, []
+
+    def start_b_midway(scored: Any):
+        calls.append(scored.listing_id)
+        if len(calls) == 1:                 # A has started writing; B runs to the end meanwhile
+            b = subprocess.run([sys.executable, "-m", "pipelines.scan", "--input", str(other / "*.parquet"),
+                                "--output", str(out)], cwd=REPO, capture_output=True, text=True, timeout=300)
+            assert b.returncode == 0, b.stderr[-3000:]
+        return flag(scored)
+    monkeypatch.setattr(transforms.flag, "flag_listing", start_b_midway)
+    with pytest.raises(Exception, match="another scan .* started writing to .* after this one"):
+        run(["--input", str(small_input / "*.parquet"), "--output", str(out), "--batch-size", "1"],
+            save_main_session=False)
+    summary = json.loads((out / "summary.json").read_text())
+    run_id = summary["run_id"]
+    assert json.loads((out / "run.json").read_text()) == {"run_id": run_id}
+    listed = [p for paths in summary["files"].values() for p in paths]
+    assert listed and all(f"part-{run_id}-" in p and (out / p).is_file() for p in listed), listed
+    ids = {r["listing_id"] for p in summary["files"]["scores"] for r in pq.read_table(out / p).to_pylist()}
+    expected = {r["listing_id"] for f in other.glob("*.parquet") for r in pq.read_table(f).to_pylist()}
+    assert ids == expected and summary["counts"]["read"] == 8

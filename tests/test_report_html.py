@@ -23,7 +23,8 @@ from conftest import calibration_summary, write_policy
 
 from ecomatch_model.api import Matcher
 from transforms.decode import ListingDecoder
-from transforms.html_report import CSP, MAX_TEXT, severity_histogram, title_html, write_report
+from transforms.listings import to_raw_listing
+from transforms.html_report import CSP, MAX_TEXT, errors_html, severity_histogram, title_html, write_report
 from transforms.reports import (ERRORS_SCHEMA, SCORES_SCHEMA, VIOLATIONS_SCHEMA, ScanInfo, clear_outputs,
                                 write_summary)
 
@@ -95,17 +96,6 @@ def fake_scan(tmp: Path, matcher: Matcher) -> tuple[Path, list[str], list[dict],
                 "worst_kind": None, "content_hash": "h"} for i in range(N_OK)]
     errors = [{"listing_id": f"E{t}{i}", "source": "in.parquet", "stage": "decode", "error_type": t,
                "message": f"bad <img src=x onerror=alert({i})>"} for t, n in ERROR_COUNTS.items() for i in range(n)]
-    out = tmp / "out"
-    paths = {name: write_shards(out / name, rows, schema, 3)
-             for name, rows, schema in (("scores", scores, SCORES_SCHEMA), ("errors", errors, ERRORS_SCHEMA),
-                                        ("violations", violations, VIOLATIONS_SCHEMA))}
-    events = {"read": len(scores) + len(errors), "scored": len(scores), "ok": N_OK, "violation": N_VIOLATIONS,
-              "errors": len(errors), **{f"kind:{k}": N_VIOLATIONS // 3 for k in ("colour", "pattern", "match")},
-              **{f"error:{t}": n for t, n in ERROR_COUNTS.items()}}
-    info = ScanInfo("in/*.parquet", 2, str(out), "tiny", matcher.sha256, calibration_summary({"match": 0.1, "colour": 0.4}),
-                    matcher.lexicon.kinds, "FnApiRunner")
-    write_summary(events, info, paths["scores"], paths["violations"], paths["errors"])
-
     top = sorted(violations, key=lambda v: -v["severity"])[:TOP]
     colour = [k for k, v in enumerate(top) if v["worst_kind"] == "colour"]
     other = [k for k in range(TOP) if k not in colour[:2]]
@@ -122,6 +112,22 @@ def fake_scan(tmp: Path, matcher: Matcher) -> tuple[Path, list[str], list[dict],
             row["image"] = b"\xff\xd8\xff broken"
         if k != roles["missing"]:
             listings.insert(10 * k, row)
+    # scores/ records what the scan hashed, as the report checks it (transforms.decode.content_hash).
+    decoder = ListingDecoder.from_matcher(matcher, {"base_colour": "colour"})
+    hashes = {r["listing_id"]: decoder.listing_hash(to_raw_listing(("in", r), ["base_colour"]), r["image"])
+              for r in listings}
+    for r in scores:
+        r["content_hash"] = hashes.get(r["listing_id"], "h")
+    out = tmp / "out"
+    paths = {name: write_shards(out / name, rows, schema, 3)
+             for name, rows, schema in (("scores", scores, SCORES_SCHEMA), ("errors", errors, ERRORS_SCHEMA),
+                                        ("violations", violations, VIOLATIONS_SCHEMA))}
+    events = {"read": len(scores) + len(errors), "scored": len(scores), "ok": N_OK, "violation": N_VIOLATIONS,
+              "errors": len(errors), **{f"kind:{k}": N_VIOLATIONS // 3 for k in ("colour", "pattern", "match")},
+              **{f"error:{t}": n for t, n in ERROR_COUNTS.items()}}
+    info = ScanInfo("in/*.parquet", 2, str(out), "tiny", matcher.sha256, calibration_summary({"match": 0.1, "colour": 0.4}),
+                    matcher.lexicon.kinds, "FnApiRunner")
+    write_summary(events, info, paths["scores"], paths["violations"], paths["errors"])
     files = [str(tmp / "in" / f"in-{k}.parquet") for k in range(2)]
     (tmp / "in").mkdir()
     for k, path in enumerate(files):
@@ -206,6 +212,17 @@ def test_title_html_marks_spans_on_the_title_as_written_and_escapes_the_rest():
     assert title_html("Red " * 100, [(0, 1)], limit=10) == "<mark>Red</mark> Red Re\u2026"
 
 
+def test_control_characters_never_reach_the_page_raw():
+    """NUL, ESC and the other C0/C1 controls in ids, titles and messages are shown as \\xNN."""
+    hostile = "ctl\x00\x1b[31m escape\x07\x7f\x85\r\n"
+    shown = "ctl\\x00\\x1b[31m escape\\x07\\x7f\\x85\\x0d\\x0a"
+    page = errors_html({"ListingError": 1}, {"ListingError": [
+        {"listing_id": hostile, "stage": "decode", "source": hostile, "message": hostile}]})
+    page += title_html(f"Red {hostile} Shirt", [(0, 1)])
+    assert not re.search(r"[\x00-\x1f\x7f-\x9f]", page) and page.count(shown) == 4
+    assert title_html("<b>Red</b>\x00", []) == "&lt;b&gt;Red&lt;/b&gt;\\x00"
+
+
 def test_severity_histogram_counts_every_scored_listing_in_its_bin(tmp_path: Path):
     rows = [{"listing_id": str(i), "verdict": "ok", "severity": s, "match_score": 0.0, "worst_kind": None,
              "content_hash": ""} for i, s in enumerate([0.0, 0.04, 0.5, 0.51, 0.99, 1.0, float("nan")])]
@@ -230,7 +247,7 @@ def test_scan_writes_the_report_with_report_top_cards(tmp_path: Path, model_dir,
     all_fail = write_policy(tmp_path / "t.json", {"match": 1.5, **{k["kind"]: 1.5 for k in kinds}})
     out = tmp_path / "out"
     assert scan("--input", str(tmp_path / "in" / "*.parquet"), "--output", str(out), "--model", model_dir,
-                "--calibration", all_fail, "--report-top", "2") == 0
+                "--calibration", all_fail, "--report-top", "2", "--image-uri-prefix", str(tmp_path / "images")) == 0
     assert f"report:     {out}/report.html" in capsys.readouterr().out
     summary = json.loads((out / "summary.json").read_text())
     assert summary["counts"]["violations"] == 11
@@ -245,3 +262,32 @@ def test_scan_writes_the_report_with_report_top_cards(tmp_path: Path, model_dir,
     assert '<td><b>ImageDecodeError</b></td><td>1</td>' in page and '<td><b>ListingError</b></td><td>1</td>' in page
     assert scan("--input", str(tmp_path / "in" / "*.parquet"), "--output", str(out), "--model", model_dir,
                 "--report-top", "-1") == 2
+
+
+def test_the_report_never_shows_an_image_other_than_the_one_scored(tmp_path: Path, model_dir):
+    """The report fetches an image_uri once more (under the scan's allow-list) and shows it only
+    when the listing hashes as the scan recorded: a server that answers the report with another
+    picture than it gave the scan gets a 'changed since the scan' card, not that picture."""
+    from hostile import ImageServer
+    kinds = json.loads((Path(model_dir) / "lexicon.json").read_text())["kinds"]
+    all_fail = write_policy(tmp_path / "t.json", {"match": 1.5, **{k["kind"]: 1.5 for k in kinds}})
+    with ImageServer(image("PNG", (200, 30, 30))) as server:
+        served = []
+        real = server._http.RequestHandlerClass.do_GET
+
+        def flip(handler):                  # the first answer is red, every later one blue
+            served.append(handler.path)
+            real(handler)
+            server.body = image("PNG", (20, 40, 200))
+        server._http.RequestHandlerClass.do_GET = flip
+        (tmp_path / "in").mkdir()
+        rows = [{"listing_id": "swap", "title": "Ardent Men Red Cotton T-Shirt",
+                 "image_uri": f"{server.url}/img/a.png"}]
+        pq.write_table(listings_table(rows), tmp_path / "in" / "a.parquet")
+        out = tmp_path / "out"
+        assert scan("--input", str(tmp_path / "in" / "*.parquet"), "--output", str(out), "--model", model_dir,
+                    "--calibration", all_fail, "--report-top", "1", "--image-uri-prefix", f"{server.url}/img/") == 0
+    page = (out / "report.html").read_text()
+    [card] = page.split('<article class="card"')[1:]
+    assert "the listing changed since the scan" in card and "<img" not in card
+    assert served == ["/img/a.png", "/img/a.png"]          # one fetch by the scan, one by the report

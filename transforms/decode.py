@@ -16,7 +16,6 @@ from dataclasses import dataclass, field
 from typing import Mapping, Sequence
 
 import apache_beam as beam
-import fsspec
 import numpy as np
 from ecomatch_model.api import Matcher
 from ecomatch_model.preprocess import DEFAULT_MAX_PIXELS, to_uint8
@@ -24,6 +23,7 @@ from ecomatch_model.text import Mention, TextEncoder
 
 from .errors import ErrorRecord, dead_letter_errors
 from .listings import RawListing
+from .sources import ImageSources, SourceOverCapError, shown
 
 MAX_IMAGE_BYTES = 50 * 1024 * 1024
 MAX_TITLE_CHARS = 4096
@@ -76,30 +76,35 @@ class DecodedListing:
     tokens: list[str] = field(default_factory=list)
 
 
-def image_format(data: bytes) -> str:
-    """JPEG, PNG, WEBP or GIF from the leading bytes; raises :class:`UnsupportedImageError`."""
+def image_format(data: bytes, fetched: bool = False) -> str:
+    """JPEG, PNG, WEBP or GIF from the leading bytes; raises :class:`UnsupportedImageError`,
+    quoting the leading bytes of an inline image but never of a ``fetched`` one (what an
+    ``image_uri`` returned may be a secret: a local file, a metadata server's answer)."""
     if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
         return "WEBP"
     for magic, name in _MAGIC:
         if data.startswith(magic):
             return name
-    raise UnsupportedImageError(f"unsupported image format (leading bytes {data[:12].hex()}); "
-                                "expected JPEG, PNG, WebP or GIF")
+    what = "fetched content not shown" if fetched else f"leading bytes {data[:12].hex()}"
+    raise UnsupportedImageError(f"unsupported image format ({what}); expected JPEG, PNG, WebP or GIF")
 
 
-def image_bytes(raw: RawListing, max_bytes: int = MAX_IMAGE_BYTES) -> bytes:
-    """The listing's image: the ``image`` column, else the file at ``image_uri`` (fsspec);
-    raises :class:`InputTooLargeError` when it is over ``max_bytes``."""
+def image_bytes(raw: RawListing, max_bytes: int = MAX_IMAGE_BYTES, sources: ImageSources = ImageSources()) -> bytes:
+    """The listing's image: the ``image`` column, else what ``image_uri`` names, if ``sources``
+    allows it (``transforms/sources.py``; the default allows nothing); raises
+    :class:`InputTooLargeError` when it is over ``max_bytes``."""
     if raw.image:
         if len(raw.image) > max_bytes:
             raise InputTooLargeError(f"image is {len(raw.image)} bytes, over {max_bytes} bytes")
         return raw.image
     if not raw.image_uri:
         raise ListingError("no image: 'image' and 'image_uri' are both empty")
-    with fsspec.open(raw.image_uri, "rb") as f:
-        data = f.read(max_bytes + 1)
+    try:
+        data = sources.fetch(raw.image_uri, max_bytes)
+    except SourceOverCapError as exc:
+        raise InputTooLargeError(str(exc)) from None
     if len(data) > max_bytes:
-        raise InputTooLargeError(f"image at {raw.image_uri} is over {max_bytes} bytes")
+        raise InputTooLargeError(f"image at {shown(raw.image_uri)} is over {max_bytes} bytes")
     return data
 
 
@@ -127,11 +132,16 @@ class ListingDecoder:
     attribute_columns: Mapping[str, str]   # column -> kind
     model_sha256: str
     limits: InputLimits = InputLimits()
+    sources: ImageSources = ImageSources()      # where image_uri may point; by default nowhere
 
     @classmethod
     def from_matcher(cls, matcher: Matcher, attribute_columns: Mapping[str, str],
-                     limits: InputLimits = InputLimits()) -> "ListingDecoder":
-        return cls(matcher.text_encoder, matcher.image_size, dict(attribute_columns), matcher.sha256, limits)
+                     limits: InputLimits = InputLimits(), sources: ImageSources = ImageSources()) -> "ListingDecoder":
+        return cls(matcher.text_encoder, matcher.image_size, dict(attribute_columns), matcher.sha256, limits, sources)
+
+    def image(self, raw: RawListing) -> bytes:
+        """The listing's image bytes (:func:`image_bytes` under this decoder's caps and sources)."""
+        return image_bytes(raw, self.limits.max_image_bytes, self.sources)
 
     def column_attributes(self, raw: RawListing) -> list[tuple[str, str, str]]:
         """(column, kind, value) for each structured column whose value the lexicon knows."""
@@ -145,14 +155,28 @@ class ListingDecoder:
         return content_hash(self.model_sha256, raw.title, [(k, v) for _, k, v in self.column_attributes(raw)], data)
 
     def __call__(self, raw: RawListing) -> DecodedListing:
+        self.check_text(raw)
+        data = self.image(raw)
+        return self.decode(raw, data)
+
+    def check_text(self, raw: RawListing) -> None:
+        """Refuse a row whose id or title cannot be used (before any image is fetched)."""
+        if raw.invalid:
+            raise ListingError("; ".join(raw.invalid[c] for c in sorted(raw.invalid)))
         if not raw.listing_id:
             raise ListingError("listing_id is empty")
+        if not raw.listing_id.strip():
+            raise ListingError("listing_id is blank (whitespace only)")
         if raw.title is None or not raw.title.strip():
             raise ListingError("title is empty")
         if len(raw.title) > self.limits.max_title_chars:
             raise InputTooLargeError(f"title is {len(raw.title)} characters, over {self.limits.max_title_chars}")
-        data = image_bytes(raw, self.limits.max_image_bytes)
-        image_format(data)                      # refuse formats outside the contract before Pillow opens them
+        if not self.encoder.tokens(raw.title):
+            raise ListingError("title has no words (only symbols, emoji, punctuation or invisible characters)")
+
+    def decode(self, raw: RawListing, data: bytes) -> DecodedListing:
+        """``raw`` (checked by :meth:`check_text`) with image bytes ``data`` as a :class:`DecodedListing`."""
+        image_format(data, fetched=not raw.image)   # refuse formats outside the contract before Pillow opens them
         pixels = to_uint8(data, self.image_size, self.limits.max_pixels)
         columns = self.column_attributes(raw)
         pairs = [(k, v) for _, k, v in columns]

@@ -14,15 +14,34 @@ from apache_beam.metrics import Metrics
 
 from .progress import NAMESPACE
 
-_USERINFO = re.compile(r"\b([a-zA-Z][a-zA-Z0-9+.-]*://)[^/?#\s@]+@")
-_SECRET_PARAM = re.compile(r"(?i)([?&;][^=&#\s]*(?:sig|token|key|secret|pass|pwd|credential|auth)[^=&#\s]*=)"
-                           r"[^&#\s'\"]+")
+_URL = re.compile(r"\b([a-zA-Z][a-zA-Z0-9+.-]*://)([^\s'\"<>]*)")
+_HOST_PORT = re.compile(r"[^:@]*(:\d*)?|\[.*")
+# A query or fragment parameter whose name looks secret; the value runs to the next & ; # or space.
+_SECRET_NAME = (r"[^=&;#?\s'\"<>]*(?:sig|token|key|secret|pass|pwd|credential|auth|session|code|jwt|bearer"
+                r"|cookie|policy)[^=&;#?\s'\"<>]*|sid|otp")
+_SECRET_PARAM = re.compile(rf"(?i)([?&;#](?:{_SECRET_NAME})=)[^&;#\s'\"<>]+")
+
+
+def _mask_userinfo(m: re.Match) -> str:
+    """scheme://USERINFO@host -> scheme://***@host: up to the last "@" before the first "/" (a
+    password may hold "@", "?" or "#"), or, when the authority looks like ``user:pass`` and an
+    "@" follows (a password with a raw "/"), up to that "@"; never past whitespace."""
+    scheme, rest = m.group(1), m.group(2)
+    authority = rest.split("/", 1)[0]
+    if "@" in authority:
+        return f"{scheme}***{rest[authority.rfind('@'):]}"
+    if not _HOST_PORT.fullmatch(authority) and "@" in rest:
+        return f"{scheme}***{rest[rest.rfind('@'):]}"
+    return m.group(0)
 
 
 def redact(text: str) -> str:
-    """``text`` with URL credentials masked: the user-info of ``scheme://user:pass@host`` and
-    the values of query parameters whose names look secret (signature, token, key, ...)."""
-    return _SECRET_PARAM.sub(r"\1***", _USERINFO.sub(r"\1***@", text))
+    """``text`` with URL credentials masked as ``***``: the whole user-info of
+    ``scheme://user:pass@host``, and the value of every query or fragment parameter whose name
+    looks secret (signatures as in signed URLs, tokens, keys, passwords, session ids, OAuth
+    codes, ...). Over-masking a harmless parameter (``barcode=``) is the price of never
+    letting a secret through."""
+    return _SECRET_PARAM.sub(r"\1***", _URL.sub(_mask_userinfo, text))
 
 
 @dataclass(frozen=True)
@@ -59,4 +78,4 @@ def dead_letter_errors(dead_letter: tuple[Any, tuple[type, str, Sequence[str]]],
     for item in element if isinstance(element, list) else [element]:
         Metrics.counter(NAMESPACE, "errors").inc()
         Metrics.counter(NAMESPACE, f"errors_{exc_type.__name__}").inc()
-        yield ErrorRecord(item.listing_id, item.source, stage, exc_type.__name__, message)
+        yield ErrorRecord(item.listing_id, redact(item.source), stage, exc_type.__name__, message)

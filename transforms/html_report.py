@@ -11,9 +11,11 @@ It is built from the scan's written outputs, never from the scan's memory:
 - ``violations/*.parquet``, streamed through a heap of the top N by severity: the cards;
 - the input shards, read by the scan's own reader (``transforms.listings.read_row_group``):
   per row group only ``listing_id`` is read, and only the row groups holding one of the N
-  listings are read in full; those listings are decoded
-  and re-scored with the model (exactly as the scan did) for their image, attention maps
-  and title spans, and the layout of ``violations/`` stays as it is; the verdict policy
+  listings are read in full; those listings are decoded (an ``image_uri`` fetched once more,
+  under the scan's allow-list and deadline, and shown only when the listing's
+  ``content_hash`` is the one ``scores/`` recorded) and re-scored with the model (exactly as
+  the scan did) for their image, attention maps and title spans, and the layout of
+  ``violations/`` stays as it is; the verdict policy
   (``ecomatch_model.verdict``, the scan's own) states each check's probability;
 - ``errors/*.parquet``, streamed until every error type has a few examples.
 
@@ -32,6 +34,7 @@ import heapq
 import html
 import io
 import logging
+import re
 from dataclasses import dataclass
 from typing import Any, Iterator, Mapping, Sequence
 
@@ -51,7 +54,7 @@ from PIL import Image
 from .decode import DecodedListing, ListingDecoder
 from .errors import redact
 from .listings import InputSchemaError, RawListing, UnreadableInputError, file_row_groups, read_row_group
-from .reports import ERRORS, REPORT, SCORES, VIOLATIONS, read_summary
+from .reports import ERRORS, REPORT, SCORES, VIOLATIONS, check_owner, read_summary
 from .score import ListingScorer, stack_batch
 
 log = logging.getLogger(__name__)
@@ -250,22 +253,44 @@ def listings_with_ids(files: Sequence[str], columns: Sequence[str], attribute_co
                             redact(group.path), type(exc.__cause__).__name__)
 
 
+CHANGED = "the listing changed since the scan: its image or text is not what was scored"
+
+
+def violation_hashes(paths: Sequence[str], ids: set[str]) -> dict[str, set[str]]:
+    """The ``content_hash`` of every violation in ``scores/`` shards whose id is in ``ids``."""
+    out: dict[str, set[str]] = {}
+    for row in read_rows(paths, ["listing_id", "verdict", "content_hash"]):
+        if row["listing_id"] in ids and row["verdict"] == "violation":
+            out.setdefault(row["listing_id"], set()).add(row["content_hash"])
+    return out
+
+
 def find_listings(files: Sequence[str], columns: Sequence[str], attribute_columns: Sequence[str],
-                  ids: set[str], decoder: ListingDecoder) -> dict[str, tuple[str, DecodedListing] | str]:
-    """The listings ``ids`` as (title, decoded listing) from the input shards (the first row
-    of each id), or why one could not be decoded; reading stops once every id is found."""
+                  ids: set[str], decoder: ListingDecoder, hashes: Mapping[str, set[str]] | None = None
+                  ) -> dict[str, tuple[str, DecodedListing] | str]:
+    """The listings ``ids`` as (title, decoded listing) from the input shards, or why one
+    cannot be shown. Each row's image is fetched once, and, where ``hashes`` (id -> the
+    ``content_hash`` values the scan recorded) knows the id, shown only when the row hashes
+    as the scan saw it: a source that now serves another image is :data:`CHANGED`, never a
+    picture the model did not score. Reading stops once every id is found."""
     found: dict[str, tuple[str, DecodedListing] | str] = {}
     if not ids:
         return found
     for raw in listings_with_ids(files, columns, attribute_columns, pa.array(sorted(ids), pa.string())):
-        if raw.listing_id in found:
-            continue
+        if not isinstance(found.get(raw.listing_id, ""), str):
+            continue                        # shown already (a duplicate id)
         try:
-            found[raw.listing_id] = (raw.title, decoder(raw))
+            decoder.check_text(raw)
+            data = decoder.image(raw)
+            wanted = (hashes or {}).get(raw.listing_id)
+            if wanted is not None and decoder.listing_hash(raw, data) not in wanted:
+                found.setdefault(raw.listing_id, CHANGED)
+                continue
+            found[raw.listing_id] = (raw.title, decoder.decode(raw, data))
         except Exception as exc:  # the input changed since the scan, or a source went away
             # The type only: a message may quote an image_uri, credentials and all.
-            found[raw.listing_id] = f"cannot decode the listing again: {type(exc).__name__}"
-        if len(found) == len(ids):
+            found.setdefault(raw.listing_id, f"cannot decode the listing again: {type(exc).__name__}")
+        if len(found) == len(ids) and not any(isinstance(v, str) for v in found.values()):
             break                           # the rest of the input is not read
     return found
 
@@ -284,10 +309,19 @@ def explain_listings(found: Mapping[str, tuple[str, DecodedListing] | str], matc
 
 
 # ---------------------------------------------------------------------------- HTML pieces
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
+def visible(text: str) -> str:
+    """``text`` HTML-escaped (quotes included), with control characters (NUL, ESC, CR, ...)
+    shown as ``\\xNN`` instead of being written raw into the page."""
+    return html.escape(_CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", text), quote=True)
+
+
 def esc(value: Any, limit: int = MAX_TEXT) -> str:
-    """Any value as HTML-escaped text (quotes included), cut to ``limit`` characters."""
+    """Any value as :func:`visible` text, cut to ``limit`` characters."""
     text = "" if value is None else str(value)
-    return html.escape(text[:limit] + ("\u2026" if len(text) > limit else ""), quote=True)
+    return visible(text[:limit] + ("\u2026" if len(text) > limit else ""))
 
 
 def data_uri(image: Image.Image) -> str:
@@ -308,9 +342,9 @@ def title_html(title: str, spans: Sequence[tuple[int, int]], limit: int = MAX_TE
     for a, b in marks:
         if a < pos:                         # overlapping spans: the first one wins
             continue
-        parts += [html.escape(shown[pos:a]), "<mark>", html.escape(shown[a:b]), "</mark>"]
+        parts += [visible(shown[pos:a]), "<mark>", visible(shown[a:b]), "</mark>"]
         pos = b
-    parts.append(html.escape(shown[pos:]))
+    parts.append(visible(shown[pos:]))
     return "".join(parts) + ("\u2026" if len(title) > limit else "")
 
 
@@ -522,9 +556,11 @@ def write_report(prefix: str, matcher: Matcher, policy: Policy, decoder: Listing
     shards = {name: [FileSystems.join(prefix, p) for p in summary["files"][name]]
               for name in (SCORES, VIOLATIONS, ERRORS)}
     rows = top_violations(shards[VIOLATIONS], top_n)
-    log.info("report: the %d most severe of %d violations; reading their listings again from %d input file(s)",
+    log.info("report: the %d likeliest of %d violations; reading their listings again from %d input file(s)",
              len(rows), summary["counts"]["violations"], len(files))
-    found = find_listings(files, columns, list(decoder.attribute_columns), {r["listing_id"] for r in rows}, decoder)
+    ids = {r["listing_id"] for r in rows}
+    found = find_listings(files, columns, list(decoder.attribute_columns), ids, decoder,
+                          violation_hashes(shards[SCORES], ids))
     log.info("report: re-scoring %d listings for their attention heatmaps, then writing %s",
              sum(isinstance(v, tuple) for v in found.values()), FileSystems.join(prefix, REPORT))
     page = render_report(summary, severity_histogram(shards[SCORES]), rows, explain_listings(found, matcher),
@@ -550,7 +586,10 @@ class _ReportFn(beam.DoFn):
         self._matcher = load(self._model, device="cpu")
 
     def process(self, summary: Mapping[str, Any]) -> Iterator[str]:
-        # The element only says that summary.json is written; the page is built from the files.
+        # The element only says that summary.json is written; the page is built from the files,
+        # and only while they are this run's (another scan may have claimed the prefix since).
+        if summary.get("run_id"):
+            check_owner(self._prefix, summary["run_id"])
         yield write_report(self._prefix, self._matcher, self._policy, self._decoder, self._files, self._columns,
                            self._top_n)
 

@@ -45,7 +45,9 @@ class UnreadableInputError(ValueError):
 
 @dataclass
 class RawListing:
-    """One input row as read: ``attributes`` maps attribute column -> its non-empty value."""
+    """One input row as read: ``attributes`` maps attribute column -> its non-empty value;
+    ``invalid`` maps each text column whose value is not valid UTF-8 to why (that value is
+    then held with the bad bytes as ``\\xNN`` escapes, and decoding refuses the listing)."""
 
     source: str
     listing_id: str | None
@@ -53,6 +55,7 @@ class RawListing:
     image: bytes | None = None
     image_uri: str | None = None
     attributes: dict[str, str] = field(default_factory=dict)
+    invalid: dict[str, str] = field(default_factory=dict)
 
 
 def _is_string(t: pa.DataType) -> bool:
@@ -70,6 +73,9 @@ def check_schema(path: str, schema: pa.Schema, attribute_columns: Sequence[str])
     naming ``path`` and the column when a required column is missing or mistyped.
     Attribute columns are optional; an all-null one (Parquet type null) is accepted."""
     types = {f.name: f.type for f in schema}
+    wanted = {*REQUIRED_COLUMNS, *IMAGE_COLUMNS, *attribute_columns}
+    for name in sorted(wanted & {n for n in schema.names if schema.names.count(n) > 1}):
+        raise InputSchemaError(f"{path}: column {name!r} appears {schema.names.count(name)} times")
     for name in REQUIRED_COLUMNS:
         if name not in types:
             raise InputSchemaError(f"{path}: missing required column {name!r}")
@@ -135,8 +141,34 @@ def to_raw_listing(file_row: tuple[str, Mapping[str, Any]], attribute_columns: S
     listings read is the pipeline step's (:func:`read_and_count`), so the report writer and
     other readers outside the pipeline can use this too."""
     source, row = file_row
-    return RawListing(source, row.get("listing_id"), row.get("title"), row.get("image"), row.get("image_uri"),
-                      {c: row[c] for c in attribute_columns if row.get(c)})
+    invalid: dict[str, str] = {}
+    text = {name: _text(name, value, invalid) for name, value in row.items() if name != "image"}
+    return RawListing(source, text.get("listing_id"), text.get("title"), row.get("image"), text.get("image_uri"),
+                      {c: text[c] for c in attribute_columns if text.get(c)}, invalid)
+
+
+def _text(name: str, value: Any, invalid: dict[str, str]) -> Any:
+    """A text column's value as str; bytes that are not UTF-8 are noted in ``invalid``."""
+    if not isinstance(value, bytes):
+        return value
+    try:
+        return value.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        invalid[name] = f"{name} is not valid UTF-8 (byte 0x{value[exc.start]:02x} at offset {exc.start})"
+        return value.decode("utf-8", "backslashreplace")
+
+
+def _as_bytes(table: pa.Table) -> pa.Table:
+    """``table`` with its string columns as binary, so that one value that is not UTF-8 fails
+    its own row when it is decoded (:func:`to_raw_listing`), not the whole row group."""
+    columns = []
+    for col in table.columns:
+        if _is_string(col.type):
+            if pa.types.is_dictionary(col.type):
+                col = pa.chunked_array([c.dictionary_decode() for c in col.chunks], col.type.value_type)
+            col = col.cast(pa.large_binary() if pa.types.is_large_string(col.type) else pa.binary())
+        columns.append(col)
+    return pa.table(columns, names=table.column_names)
 
 
 @dataclass(frozen=True)
@@ -171,11 +203,11 @@ def read_row_group(group: RowGroup, columns: Sequence[str], attribute_columns: S
             pf = pq.ParquetFile(f)
             present = [c for c in columns if c in pf.schema_arrow.names]
             if ids is None:
-                rows = pf.read_row_group(group.index, columns=present).to_pylist()
+                rows = _as_bytes(pf.read_row_group(group.index, columns=present)).to_pylist()
             else:
                 listing_ids = pf.read_row_group(group.index, columns=["listing_id"]).column(0)
                 hit = pc.is_in(listing_ids.cast(pa.string()), value_set=ids)
-                rows = pf.read_row_group(group.index, columns=present).filter(hit).to_pylist() \
+                rows = _as_bytes(pf.read_row_group(group.index, columns=present).filter(hit)).to_pylist() \
                     if pc.any(hit).as_py() else []
     except Exception as exc:  # a corrupt page raises OSError, ArrowInvalid, ...: say which file and where
         why = " ".join(str(exc).split())        # one line: Arrow's messages span several

@@ -1,6 +1,6 @@
 """The ``WriteReports`` stage and the output layout under PREFIX (local path or ``gs://``):
 
-- ``scores/part-SSSSS-of-NNNNN.parquet``: one row per scored listing (:data:`SCORES_SCHEMA`);
+- ``scores/part-RUN_ID-SSSSS-of-NNNNN.parquet``: one row per scored listing (:data:`SCORES_SCHEMA`);
 - ``violations/part-*.parquet``: one row per violation (:data:`VIOLATIONS_SCHEMA`);
 - ``errors/part-*.parquet``: one row per listing that could not be scored (:data:`ERRORS_SCHEMA`),
   stage ``decode`` or ``score``; with ``--skip-bad-files`` also one row per input file or
@@ -23,6 +23,8 @@
   lists, per worker (host name) and device (``cuda:0``, ``cpu``), how many listings the model
   scored there: a GPU job whose workers fell back to the CPU shows ``cpu`` (``infra.nightly``
   alerts on it).
+- ``run.json``: ``{"run_id": ...}``, the run that owns the prefix, written at launch
+  (:func:`claim_prefix`); the last run to claim a prefix owns it.
 - ``report.html``: not written here but by the step after, ``WriteHtmlReport``
   (``transforms/html_report.py``), from the one ``summary.json`` this stage outputs.
 
@@ -31,6 +33,13 @@ that a runner retries is counted once: only its committed attempt's outputs exis
 
 Shards go through Beam's file sinks (temporary files, then finalize). Every report
 directory gets at least one shard, so an empty report still carries its schema.
+
+One run per prefix: every shard name carries the run id, ``summary.json`` carries it too and
+lists the run's shards, and a run writes ``summary.json`` only while ``run.json`` still names
+it (checked before and after writing); a run whose prefix another scan claimed since fails
+with :class:`PrefixTakenError` and publishes nothing. Readers take the shards from
+``summary.json`` (``files``), never from a directory listing: a losing run's shards may
+linger, named with its own id, until the next launch clears the prefix.
 
 Reruns replace: :func:`clear_outputs` deletes the previous run's ``summary.json`` and report
 directories (and nothing else under PREFIX) when the job is launched. Deleting up front,
@@ -42,6 +51,7 @@ from __future__ import annotations
 
 import json
 import time
+import uuid
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Iterator, Mapping, Sequence
@@ -56,6 +66,7 @@ from .errors import ErrorRecord, redact
 from .flag import MATCH, Verdict
 
 SCORES, VIOLATIONS, ERRORS, SUMMARY = "scores", "violations", "errors", "summary.json"
+RUN = "run.json"              # which run owns the prefix: written at launch, checked before summary.json
 REMOVED = "removed"           # written with --state only
 REPORT = "report.html"        # written after summary.json, by the job's WriteHtmlReport (transforms.html_report)
 # What a listing's rows say for the same model, calibration and input: raise it whenever that
@@ -102,6 +113,53 @@ class ScanInfo:
     runner: str
     started_at: float = field(default_factory=time.time)
     state: str | None = None        # the earlier run whose verdicts are carried forward
+    run_id: str = ""                # in every shard name and in summary.json; "" outside a scan (tests)
+
+
+class PrefixTakenError(RuntimeError):
+    """Another run started writing to this run's output prefix: this one publishes nothing."""
+
+
+def new_run_id(now: float | None = None) -> str:
+    """A run id: the launch time (UTC) and 8 random hex digits, e.g. ``20261201T204500Z-3f2a9c1b``."""
+    stamp = datetime.fromtimestamp(time.time() if now is None else now, timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    return f"{stamp}-{uuid.uuid4().hex[:8]}"
+
+
+def claim_prefix(prefix: str, run_id: str) -> None:
+    """Write ``run.json``: from now on ``prefix`` belongs to ``run_id`` (the last run to claim it)."""
+    with FileSystems.create(FileSystems.join(prefix, RUN), mime_type="application/json") as f:
+        f.write((json.dumps({"run_id": run_id}) + "\n").encode("utf-8"))
+
+
+def prefix_owner(prefix: str) -> str | None:
+    """The run id in ``prefix``'s ``run.json``, or None when it has none that can be read."""
+    try:
+        with FileSystems.open(FileSystems.join(prefix, RUN), mime_type="application/json") as f:
+            return json.loads(f.read().decode("utf-8"))["run_id"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def check_owner(prefix: str, run_id: str) -> None:
+    """Raise :class:`PrefixTakenError` unless ``run_id`` still owns ``prefix``."""
+    owner = prefix_owner(prefix)
+    if owner != run_id:
+        raise PrefixTakenError(f"another scan (run {owner}) started writing to {redact(prefix)} after this one "
+                               f"(run {run_id}); this run publishes no summary.json")
+
+
+def check_writable(prefix: str) -> None:
+    """Write and delete an empty probe file under ``prefix``; raises OSError saying why when
+    that fails (a prefix under a regular file, a read-only or system location, no permission)."""
+    probe = FileSystems.join(prefix, f".ecomatch-write-check-{uuid.uuid4().hex}")
+    try:
+        with FileSystems.create(probe, mime_type="application/octet-stream") as f:
+            f.write(b"")
+        FileSystems.delete([probe])
+    except Exception as exc:  # noqa: BLE001 (OSError, BeamIOError, a client's own errors)
+        cause = getattr(exc, "exception_details", None) or exc
+        raise OSError(f"cannot write under {redact(prefix)}: {' '.join(str(cause).split())[:300]}") from None
 
 
 def clear_outputs(prefix: str) -> None:
@@ -212,8 +270,15 @@ def write_summary(events: Mapping[str, int], info: ScanInfo, scores: Sequence[st
                   for name, paths in ((SCORES, scores), (VIOLATIONS, violations), (ERRORS, errors),
                                       *([(REMOVED, removed)] if info.state else []))},
     }
-    with FileSystems.create(FileSystems.join(info.output, SUMMARY), mime_type="application/json") as f:
+    if info.run_id:
+        summary["run_id"] = info.run_id
+        check_owner(info.output, info.run_id)
+    path = FileSystems.join(info.output, SUMMARY)
+    with FileSystems.create(path, mime_type="application/json") as f:
         f.write((json.dumps(summary, indent=2, sort_keys=True) + "\n").encode("utf-8"))
+    if info.run_id and prefix_owner(info.output) != info.run_id:    # claimed while we wrote: take it back
+        FileSystems.delete([path])
+        check_owner(info.output, info.run_id)
     return summary
 
 
@@ -223,8 +288,9 @@ def read_summary(prefix: str) -> dict[str, Any]:
         return json.loads(f.read().decode("utf-8"))
 
 
-def _shards(prefix: str, name: str, schema: pa.Schema) -> WriteToParquet:
-    return WriteToParquet(FileSystems.join(prefix, name, "part"), schema, file_name_suffix=".parquet")
+def _shards(prefix: str, name: str, schema: pa.Schema, run_id: str = "") -> WriteToParquet:
+    part = f"part-{run_id}" if run_id else "part"
+    return WriteToParquet(FileSystems.join(prefix, name, part), schema, file_name_suffix=".parquet")
 
 
 class WriteReports(beam.PTransform):
@@ -242,14 +308,14 @@ class WriteReports(beam.PTransform):
         verdicts, errors = pcolls["verdicts"], pcolls["errors"]
         scores = (verdicts
                   | "ScoreRows" >> beam.Map(Verdict.score_row)
-                  | "WriteScores" >> _shards(out, SCORES, SCORES_SCHEMA))
+                  | "WriteScores" >> _shards(out, SCORES, SCORES_SCHEMA, self._info.run_id))
         violations = (verdicts
                       | "KeepViolations" >> beam.Filter(lambda v: v.verdict == "violation")
                       | "ViolationRows" >> beam.Map(Verdict.violation_row)
-                      | "WriteViolations" >> _shards(out, VIOLATIONS, VIOLATIONS_SCHEMA))
+                      | "WriteViolations" >> _shards(out, VIOLATIONS, VIOLATIONS_SCHEMA, self._info.run_id))
         error_files = (errors
                        | "ErrorRows" >> beam.Map(ErrorRecord.row)
-                       | "WriteErrors" >> _shards(out, ERRORS, ERRORS_SCHEMA))
+                       | "WriteErrors" >> _shards(out, ERRORS, ERRORS_SCHEMA, self._info.run_id))
         # Every listing read is in exactly one of verdicts and errors, with its id.
         duplicates = ((verdicts | "VerdictIds" >> beam.Map(lambda v: v.listing_id),
                        errors | "ErrorIds" >> beam.Map(lambda e: e.listing_id))
@@ -259,7 +325,8 @@ class WriteReports(beam.PTransform):
                       | "DuplicateEvents" >> beam.FlatMap(duplicate_events))
         removed = [pcolls[REMOVED]] if REMOVED in pcolls else []
         scored = [pcolls["scored"]] if "scored" in pcolls else []
-        removed_files = [r | "WriteRemoved" >> _shards(out, REMOVED, REMOVED_SCHEMA) for r in removed]
+        removed_files = [r | "WriteRemoved" >> _shards(out, REMOVED, REMOVED_SCHEMA, self._info.run_id)
+                         for r in removed]
         events = ((pcolls["listings"] | "ReadEvents" >> beam.Map(lambda _: "read"),
                    verdicts | "VerdictEvents" >> beam.FlatMap(verdict_events),
                    errors | "ErrorEvents" >> beam.FlatMap(error_events),

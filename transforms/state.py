@@ -13,30 +13,37 @@ one process:
 - an id of the earlier run that is not read any more: one ``removed/`` row.
 
 The hash covers the model's weights, so a new model version rescans everything. The launcher
-(:func:`previous_run`) uses a state only when its run is complete (``summary.json``) and had
-the same model, calibration and scoring rules (``SCORING_RULES``, ``transforms/reports.py``);
-otherwise it says why and the scan is a full one.
+(:func:`previous_run`) uses a state only when its run is complete (``summary.json``), had
+the same model, calibration and scoring rules (``SCORING_RULES``, ``transforms/reports.py``)
+and every shard it lists has a readable footer with the expected columns; otherwise it says
+why and the scan is a full one. A row group of the state that still cannot be read while the
+job runs is skipped with a warning (:func:`state_rows`): its listings are scored again.
 """
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
-from typing import Any, Iterable, Iterator, Mapping
+from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 import apache_beam as beam
+import pyarrow as pa
+import pyarrow.parquet as pq
+from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
-from apache_beam.io.parquetio import ReadAllFromParquet
 from apache_beam.metrics import Metrics
 from apache_beam.pvalue import TaggedOutput
 
-from .decode import ListingDecoder, image_bytes
 from ecomatch_model.verdict import Finding
 
+from .decode import ListingDecoder
+from .errors import redact
 from .flag import Verdict
 from .listings import RawListing
 from .progress import NAMESPACE
 from .reports import SCORES, SCORES_SCHEMA, SCORING_RULES, VIOLATIONS, VIOLATIONS_SCHEMA, read_summary
 
 CARRIED, REMOVED = "carried", "removed"
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -65,16 +72,54 @@ def previous_run(prefix: str, model_sha256: str, calibration_sha256: str) -> tup
     rules = summary.get("scoring_rules", 1)         # runs before the version was recorded: 1
     if rules != SCORING_RULES:
         return None, f"it was scanned under other scoring rules (version {rules}; this scan's is {SCORING_RULES})"
+    for path, schema in [*((p, SCORES_SCHEMA) for p in shards[SCORES]),
+                         *((p, VIOLATIONS_SCHEMA) for p in shards[VIOLATIONS])]:
+        why = unreadable_shard(path, schema)
+        if why:
+            return None, f"its shard {path} cannot be read ({why})"
     return PreviousRun(prefix, shards[SCORES], shards[VIOLATIONS]), ""
+
+
+def unreadable_shard(path: str, schema: pa.Schema) -> str:
+    """Why the earlier run's shard at ``path`` cannot be used (no footer, columns of
+    ``schema`` missing), or "" when its footer and schema are fine."""
+    try:
+        with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
+            names = pq.read_metadata(f).schema.to_arrow_schema().names
+    except Exception as exc:  # noqa: BLE001 (missing, truncated, not Parquet: OSError, ArrowInvalid, ...)
+        return f"{type(exc).__name__}: {' '.join(str(exc).split())[:200]}"
+    missing = [n for n in schema.names if n not in names]
+    return f"columns {', '.join(missing)} are missing" if missing else ""
+
+
+def state_rows(path: str, columns: Sequence[str]) -> Iterator[dict[str, Any]]:
+    """The rows of one of the earlier run's shards, a row group at a time. A row group that
+    cannot be read (a corrupt page the footer check could not see) is skipped with a
+    warning: its listings are then scored again, never lost."""
+    try:
+        with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
+            pf = pq.ParquetFile(f)
+            for g in range(pf.num_row_groups):
+                try:
+                    rows = pf.read_row_group(g, columns=list(columns)).to_pylist()
+                except Exception as exc:  # noqa: BLE001 (ArrowInvalid, OSError, ...)
+                    Metrics.counter(NAMESPACE, "state_unreadable").inc()
+                    log.warning("--state: row group %d of %s cannot be read (%s); its listings are scored again",
+                                g + 1, redact(path), type(exc).__name__)
+                    continue
+                yield from rows
+    except Exception as exc:  # noqa: BLE001 (the file went away or lost its footer since launch)
+        Metrics.counter(NAMESPACE, "state_unreadable").inc()
+        log.warning("--state: %s cannot be read (%s); its listings are scored again", redact(path), type(exc).__name__)
 
 
 def keyed_hash(raw: RawListing, decoder: ListingDecoder) -> tuple[str, tuple[str | None, RawListing]]:
     """``(listing_id, (content_hash, raw))``; the hash is None when the listing cannot be hashed
     (no id or title, image unreadable or too large), and decoding then reports why."""
-    if not raw.listing_id or raw.title is None:
+    if not raw.listing_id or raw.title is None or raw.invalid:
         return raw.listing_id or "", (None, raw)
     try:
-        data = image_bytes(raw, decoder.limits.max_image_bytes)
+        data = decoder.image(raw)
     except Exception:  # noqa: BLE001 (any failure is decoding's to report, as an error record)
         return raw.listing_id, (None, raw)
     return raw.listing_id, (decoder.listing_hash(raw, data), raw)
@@ -125,7 +170,7 @@ class CarryForward(beam.PTransform):
         now = listings | "HashListings" >> beam.Map(keyed_hash, self._decoder)
         earlier = {name: (listings.pipeline
                           | f"Previous{name.title()}Files" >> beam.Create(files)
-                          | f"ReadPrevious{name.title()}" >> ReadAllFromParquet(columns=schema.names)
+                          | f"ReadPrevious{name.title()}" >> beam.FlatMap(state_rows, schema.names)
                           | f"Key{name.title()}" >> beam.Map(lambda row: (row["listing_id"], row)))
                    for name, files, schema in ((SCORES, self._previous.scores, SCORES_SCHEMA),
                                                (VIOLATIONS, self._previous.violations, VIOLATIONS_SCHEMA))}
