@@ -131,8 +131,8 @@ def render(path: Path, env: dict[str, str]) -> str:
 
 def common_sh_env(**overrides: str) -> dict[str, str]:
     """The names infra/common.sh sets, with its defaults, for PROJECT=shop-prod."""
-    names = ["PROJECT", "REGION", "BUCKET", "INPUT", "REPORTS", "MODEL", "TAG", "IMAGE", "TEMPLATE", "WORKER_SA",
-             "SCHEDULER_SA", "CHECKER_SA"]
+    names = ["PROJECT", "REGION", "BUCKET", "INPUT", "REPORTS", "MODEL", "IMAGE_URI_PREFIX", "TAG", "IMAGE", "TEMPLATE",
+             "WORKER_SA", "SCHEDULER_SA", "CHECKER_SA"]
     script = "source infra/common.sh && " + " && ".join(f'printf "%s\\0" "${n}"' for n in names)
     env = {"PATH": os.environ["PATH"], "HOME": os.environ.get("HOME", "/tmp"), "PROJECT": "shop-prod", **overrides}
     done = subprocess.run(["bash", "-c", script], cwd=ROOT, env=env, capture_output=True, text=True, check=True)

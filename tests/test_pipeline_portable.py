@@ -46,7 +46,8 @@ def reports(prefix: Path) -> dict[str, object]:
 def test_portable_runner_writes_what_the_in_process_runner_writes(job_service: str, model_dir: str, tmp_path: Path):
     write_table(tmp_path / "in" / "listings-0.parquet", make_listings(16, seed=11, size=48))
     write_table(tmp_path / "in" / "listings-bad.parquet", listings_table(mixed_rows(tmp_path)))
-    common = ["--input", str(tmp_path / "in" / "*.parquet"), "--model", model_dir, "--batch-size", "4"]
+    common = ["--input", str(tmp_path / "in" / "*.parquet"), "--model", model_dir, "--batch-size", "4",
+              "--image-uri-prefix", str(tmp_path / "images")]
 
     run([*common, "--output", str(tmp_path / "fn")], save_main_session=False)
     result = run([*common, "--output", str(tmp_path / "portable"), "--runner", "PortableRunner",

@@ -367,13 +367,13 @@ def test_two_scans_racing_to_one_prefix_leave_exactly_one_run(small_input: Path,
     out = tmp_path / "out"
     flag, calls = transforms.flag.flag_listing, []
 
-    def start_b_midway(scored: Any):
+    def start_b_midway(scored: Any, policy: Any):
         calls.append(scored.listing_id)
         if len(calls) == 1:                 # A has started writing; B runs to the end meanwhile
             b = subprocess.run([sys.executable, "-m", "pipelines.scan", "--input", str(other / "*.parquet"),
                                 "--output", str(out)], cwd=REPO, capture_output=True, text=True, timeout=300)
             assert b.returncode == 0, b.stderr[-3000:]
-        return flag(scored)
+        return flag(scored, policy)
     monkeypatch.setattr(transforms.flag, "flag_listing", start_b_midway)
     with pytest.raises(Exception, match="another scan .* started writing to .* after this one"):
         run(["--input", str(small_input / "*.parquet"), "--output", str(out), "--batch-size", "1"],
