@@ -229,6 +229,9 @@ def calibrate(ev: EvalSet, precision: float | None = None, prevalence: float = D
              "corrupted": int(sum(len(v) for v in p1.values()))}
     for k, v in sorted(point.items()):
         log.info("operating point %s = %s", k, v)
+    if precision is not None and not expected["expected_precision"] >= precision:
+        log.warning("no cut reaches expected precision %.2f at prevalence %g on these listings: the strictest one "
+                    "is used, and flags almost nothing", precision, prevalence)
     return policy.with_operating_point(cut, point)
 
 
