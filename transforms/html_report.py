@@ -168,7 +168,7 @@ SCRIPT = """
   }
   function csvField(v) {
     var s = String(v);
-    return /[",\r\n]/.test(s) ? '"' + s.replace(/"/g, '""') + '"' : s;
+    return /[",\\r\\n]/.test(s) ? '"' + s.replace(/"/g, '""') + '"' : s;
   }
   function download(name, type, text) {
     var a = document.createElement("a");
@@ -186,11 +186,11 @@ SCRIPT = """
   document.getElementById("export-csv").addEventListener("click", function () {
     download("ecomatch-decisions.csv", "text/csv", [FIELDS.join(",")].concat(rows().map(function (r) {
       return FIELDS.map(function (f) { return csvField(r[f]); }).join(",");
-    })).join("\r\n") + "\r\n");
+    })).join("\\r\\n") + "\\r\\n");
   });
   document.getElementById("export-json").addEventListener("click", function () {
     download("ecomatch-decisions.json", "application/json",
-             JSON.stringify({format: "ecomatch-decisions/1", decisions: rows()}, null, 1) + "\n");
+             JSON.stringify({format: "ecomatch-decisions/1", decisions: rows()}, null, 1) + "\\n");
   });
   kindSel.addEventListener("change", toHash);
   sortSel.addEventListener("change", toHash);
