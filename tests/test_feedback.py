@@ -5,8 +5,14 @@ from __future__ import annotations
 
 import json
 
+import pyarrow.parquet as pq
 import pytest
 
+from pipeline_fixtures import model_dir_fixture  # noqa: F401 (fixture)
+
+from test_pipeline_scan import sample_shards
+
+from ecomatch_model import cli
 from ecomatch_model.feedback import FORMAT, Decision, FeedbackError, parse_decisions
 from ecomatch_model.verdict import feedback_cut
 
@@ -96,3 +102,38 @@ def test_feedback_refuses_what_it_cannot_decide():
     with pytest.raises(ValueError, match="no cut reaches precision 0.9 on the reviewed listings: the best with at "
                                          "least 3 is 0.667"):
         feedback_cut([0.9, 0.8, 0.7, 0.6], [True, False, True, False], 0.5, 0.9, min_reviewed=3)
+
+
+def _decisions_csv(path, ids_labels) -> str:
+    path.write_text("\n".join([HEADER] + [f"{i},{'confirmed' if y else 'false_alarm'},colour,0.9,{SHA}"
+                                          for i, y in ids_labels]) + "\n")
+    return str(path)
+
+
+def test_calibrate_with_data_fits_the_decisions_only_when_there_are_enough_of_each(tmp_path, model_dir):
+    """--feedback with --data: at least 50 of each label join the listing curve's fit (the
+    check curves stay the data's); fewer only move the cut."""
+    sample_shards(tmp_path / "in", 140, 2)
+    ids = [r for f in sorted((tmp_path / "in").glob("*.parquet"))
+           for r in pq.read_table(f, columns=["listing_id"]).column(0).to_pylist()]
+    common = ["calibrate", "--model", model_dir, "--data", str(tmp_path / "in" / "*.parquet"), "--precision", "0.05",
+              "--prevalence", "0.5"]
+
+    def run(*extra: str) -> dict:
+        out = tmp_path / f"c{len(list(tmp_path.glob('c*.json')))}.json"
+        assert cli.main([*common, *extra, "--write", str(out)]) == 0
+        return json.loads(out.read_text())
+    plain = run()
+    many = _decisions_csv(tmp_path / "many.csv", [(i, k < 60) for k, i in enumerate(ids[:120])] + [("gone", True)])
+    few = _decisions_csv(tmp_path / "few.csv", [(i, k < 20) for k, i in enumerate(ids[:40])])
+    fed, small = run("--feedback", many), run("--feedback", few)
+    assert fed["fitted_on"]["feedback"] | {"sha256": None} == {
+        "file": many, "sha256": None, "decisions": 121, "confirmed": 61, "false_alarm": 60,
+        "scan_calibration_sha256": SHA, "found_in_data": 120}
+    assert fed["operating_point"]["feedback_in_fit"] is True and small["operating_point"]["feedback_in_fit"] is False
+    assert fed["listing"] != plain["listing"]                   # 60 + 60 labels joined the listing curve's fit
+    assert small["listing"] == plain["listing"] and small["checks"] == fed["checks"] == plain["checks"]
+    for policy in (fed, small):
+        point = policy["operating_point"]
+        assert policy["cut"] >= point["previous_cut"] and point["rule"] == "feedback"
+        assert 0 <= point["expected_recall"] <= 1
