@@ -113,6 +113,8 @@ def test_context_masks_credentials_in_image_uri(matcher):
                                      attributes={"seller_id": "s1"}))
     assert ctx == ListingContext("Red Shirt", "https://***@cdn.example.com/x.jpg?X-Goog-Signature=***&w=1",
                                  (("seller_id", "s1"), ("product_url", None)))
+    signed = decoder.context(RawListing("f.parquet", "a", "t", attributes={"product_url": SECRET_URI}))
+    assert signed.get("product_url") == "https://***@cdn.example.com/x.jpg?X-Goog-Signature=***&w=1"
     assert "hunter2" not in repr(ctx) and ctx.get("seller_id") == "s1" and ctx.get(None) is None
 
 

@@ -151,10 +151,11 @@ class ListingDecoder:
                    tuple(carry_columns))
 
     def context(self, raw: RawListing) -> ListingContext:
-        """The listing's :class:`ListingContext`; credentials in ``image_uri`` are masked here,
-        before anything is written."""
+        """The listing's :class:`ListingContext`; URL credentials in ``image_uri`` and in the
+        carried values (a signed ``product_url``, say) are masked here, before anything is written."""
+        values = ((c, raw.attributes.get(c)) for c in self.carry_columns)
         return ListingContext(raw.title or "", redact(raw.image_uri) if raw.image_uri else None,
-                              tuple((c, raw.attributes.get(c)) for c in self.carry_columns))
+                              tuple((c, redact(v) if v else v) for c, v in values))
 
     def column_attributes(self, raw: RawListing) -> list[tuple[str, str, str]]:
         """(column, kind, value) for each structured column whose value the lexicon knows."""

@@ -23,6 +23,12 @@ card, every piece of listing text cut to :data:`MAX_TEXT` characters, a few erro
 per type. Safety: all listing text is HTML-escaped; images are decoded and re-encoded by
 Pillow, never passed through; a Content-Security-Policy allows no requests but ``data:``
 images, and only the page's own style and script (by hash).
+
+Reviewers decide each card (confirm / false alarm) and export the decisions as CSV or JSON
+for ``ecomatch calibrate --feedback`` (``ecomatch_model.feedback``): the page's script makes
+a Blob and downloads it through an ``<a download>`` click. That needs no change to the CSP:
+a download is a navigation, which ``default-src 'none'`` does not govern (checked in
+Chromium from ``file://``, tests/test_report_feedback.py).
 """
 from __future__ import annotations
 

@@ -1,7 +1,8 @@
 """The ``WriteReports`` stage and the output layout under PREFIX (local path or ``gs://``):
 
 - ``scores/part-SSSSS-of-NNNNN.parquet``: one row per scored listing (:data:`SCORES_SCHEMA`);
-- ``violations/part-*.parquet``: one row per violation (:data:`VIOLATIONS_SCHEMA`);
+- ``violations/part-*.parquet``: one row per violation (:data:`VIOLATIONS_SCHEMA`, then one
+  string column per ``--carry-columns`` name: :func:`violations_schema`);
 - ``errors/part-*.parquet``: one row per listing that could not be scored (:data:`ERRORS_SCHEMA`),
   stage ``decode`` or ``score``; with ``--skip-bad-files`` also one row per input file or
   row group that could not be read (stage ``read``, no listing id), not a listing and so
@@ -22,7 +23,9 @@
   those the model gave now (``scored``), and counts the ``removed`` ids. ``scoring_devices``
   lists, per worker (host name) and device (``cuda:0``, ``cpu``), how many listings the model
   scored there: a GPU job whose workers fell back to the CPU shows ``cpu`` (``infra.nightly``
-  alerts on it).
+  alerts on it). With a seller column (``--seller-column``), ``sellers`` lists the
+  :data:`TOP_SELLERS` sellers with the most violations (:func:`sellers_block`), counted in the
+  pipeline per seller, never gathered in one process.
 - ``report.html``: not written here but by the step after, ``WriteHtmlReport``
   (``transforms/html_report.py``), from the one ``summary.json`` this stage outputs.
 
@@ -86,6 +89,8 @@ TOP_SELLERS = 20
 def violations_schema(carry_columns: Sequence[str] = ()) -> pa.Schema:
     """:data:`VIOLATIONS_SCHEMA` with one string column per ``--carry-columns`` name, in order."""
     return pa.schema([*VIOLATIONS_SCHEMA, *((c, pa.string()) for c in carry_columns)])
+
+
 ERRORS_SCHEMA = pa.schema([
     ("listing_id", pa.string()), ("source", pa.string()), ("stage", pa.string()),
     ("error_type", pa.string()), ("message", pa.string()),
@@ -180,7 +185,7 @@ def sellers_block(column: str | None, top: Sequence[tuple[str, tuple[int, int]]]
         return None
     ranked = sorted(top, key=_seller_rank, reverse=True)[:TOP_SELLERS]
     return {"column": column, "with_violations": int(sum(with_violations)),
-            "top": [{"seller": redact(s), "violations": v, "scored": n, "share": round(v / n, 6)}
+            "top": [{"seller": s, "violations": v, "scored": n, "share": round(v / n, 6)}
                     for s, (v, n) in ranked]}
 
 
