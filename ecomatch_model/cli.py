@@ -3,12 +3,14 @@ explain (and scan, which lives in the pipelines package and is imported only whe
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import os
 import shlex
 import sys
 import time
+from typing import TYPE_CHECKING
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
@@ -21,7 +23,11 @@ from .data import Listings, concat_listings, parse_attribute_columns, read_listi
 from .model import DualMatcher, count_parameters, prunable_channels
 from .prune import prune_model
 from .text import Lexicon, Vocabulary
-from .verdict import DEFAULT_PREVALENCE, CalibrationError, Policy, policy_bytes, read_policy_file
+from .verdict import (DEFAULT_PREVALENCE, CalibrationError, Policy, describe, feedback_cut, policy_bytes,
+                      read_policy_file)
+
+if TYPE_CHECKING:
+    from .evaluate import EvalSet
 
 log = logging.getLogger("ecomatch")
 # Corruptions calibration fits on (evaluation reports colour, article type and image swaps).
@@ -204,22 +210,103 @@ def _add_split_args(s: argparse.ArgumentParser) -> None:
     s.add_argument("--split-seed", type=int, default=0)
 
 
+def _read_feedback(args: argparse.Namespace) -> tuple[list, dict]:
+    """``--feedback FILE``'s decisions and the ``fitted_on["feedback"]`` entry recording it."""
+    from .feedback import FeedbackError, read_decisions
+    try:
+        decisions, digest = read_decisions(args.feedback)
+    except FeedbackError as exc:
+        raise SystemExit(f"ecomatch calibrate: error: {exc}") from None
+    confirmed = sum(d.confirmed for d in decisions)
+    return decisions, {"file": args.feedback, "sha256": digest, "decisions": len(decisions), "confirmed": confirmed,
+                       "false_alarm": len(decisions) - confirmed,
+                       "scan_calibration_sha256": decisions[0].calibration_sha256}
+
+
+def _feedback_policy(args: argparse.Namespace, matcher: Matcher) -> Policy:
+    """``--feedback FILE`` alone: the scan's policy (the model's, or ``--calibration FILE``) with
+    its cut re-chosen from the reviewers' decisions (``verdict.feedback_cut``), the decisions
+    file recorded in ``fitted_on["feedback"]``."""
+    def fail(msg: str) -> SystemExit:
+        return SystemExit(f"ecomatch calibrate: error: {msg}")
+    base = _read_calibration(args.calibration, matcher) if args.calibration else matcher.policy
+    if base is None:
+        raise fail(f"{args.model} has no calibration: pass the scan's --calibration FILE")
+    decisions, feedback = _read_feedback(args)
+    scanned, have = decisions[0].calibration_sha256, describe(base, "")["sha256"]
+    if scanned != have:
+        raise fail(f"the decisions in {args.feedback} were made on calibration {scanned[:12]}, not on "
+                   f"{args.calibration or 'the model' + chr(39) + 's'} ({have[:12]}): pass that scan's calibration "
+                   "with --calibration FILE")
+    precision = args.precision if args.precision is not None else base.operating_point.get("precision")
+    if precision is None:
+        raise fail("give --precision P: the calibration states no target precision")
+    try:
+        cut, point = feedback_cut([d.severity for d in decisions], [d.confirmed for d in decisions], base.cut,
+                                  float(precision))
+    except ValueError as exc:
+        raise fail(f"{args.feedback}: {exc}") from None
+    log.info("feedback %s: cut %.4f -> %.4f (reviewed precision %.3f -> %.3f)", args.feedback, base.cut, cut,
+             point["reviewed_precision_before"], point["reviewed_precision"])
+    return dataclasses.replace(base.with_operating_point(cut, {**point, "prevalence": base.prevalence}),
+                               fitted_on={**base.fitted_on, "feedback": feedback})
+
+
+def _feedback_data_policy(args: argparse.Namespace, matcher: Matcher, listings: Listings, ev: EvalSet,
+                          data: str) -> Policy:
+    """``--feedback FILE --data GLOB``: calibrate on --data with the decided listings (found in
+    --data by listing_id, scored again) as labels (``evaluate.calibrate_with_feedback``)."""
+    from .evaluate import calibrate_with_feedback, score_listings
+    decisions, feedback = _read_feedback(args)
+    label = {d.listing_id: d.confirmed for d in decisions}
+    rows = [i for i, lid in enumerate(listings.ids) if lid in label]
+    first = {}
+    for i in rows:
+        first.setdefault(listings.ids[i], i)
+    found, scores = score_listings(matcher, listings.take(sorted(first.values())))
+    feedback["found_in_data"] = len(found)
+    log.info("feedback %s: %d of %d decided listings found (and decoded) in --data", args.feedback, len(found),
+             len(decisions))
+    try:
+        policy, refit = calibrate_with_feedback(ev, list(zip(scores, (label[i] for i in found.ids))),
+                                                args.precision, args.prevalence,
+                                                fitted_on={"data": data, "listings": len(ev.listings),
+                                                           "feedback": feedback})
+    except ValueError as exc:
+        raise SystemExit(f"ecomatch calibrate: error: {args.feedback}: {exc}") from None
+    log.info("feedback %s %s the listing curve's fit; cut %.4f", args.feedback,
+             "joined" if refit else "did not join (too few of a label)", policy.cut)
+    return policy
+
+
 def cmd_calibrate(args: argparse.Namespace) -> int:
     from .evaluate import build_eval_set, calibrate
     path = resolve_model_path(args.model)
     matcher = Matcher(load_checkpoint(path), args.model, device=args.device)
-    if (args.precision is None) == (args.review_budget is None):
-        raise SystemExit("ecomatch calibrate: error: give --precision P or --review-budget N (flags per 10,000)")
     if args.precision is not None and not 0 < args.precision <= 1:
         raise SystemExit("ecomatch calibrate: error: --precision must be in (0, 1]")
     if not 0 < args.prevalence < 1:
         raise SystemExit("ecomatch calibrate: error: --prevalence must be in (0, 1)")
-    listings = _read_split(args)
-    data = " + ".join(f"`{d}`" for d in args.data) + ("" if args.split == "all" else f" ({args.split} split)")
-    ev = build_eval_set(matcher, listings, args.max_eval, args.seed, CALIBRATION_KINDS,
-                        _lexicon_kinds(matcher))
-    policy = calibrate(ev, args.precision, args.prevalence, args.review_budget,
-                       fitted_on={"data": data, "listings": len(ev.listings)})
+    if args.feedback and args.review_budget is not None:
+        raise SystemExit("ecomatch calibrate: error: --review-budget with --feedback: the decisions set a precision; "
+                         "give --precision P")
+    if args.feedback and not args.data:
+        policy = _feedback_policy(args, matcher)
+        data = f"`{args.calibration or args.model}` with the decisions in `{args.feedback}`"
+    else:
+        if not args.data:
+            raise SystemExit("ecomatch calibrate: error: give --data GLOB (listings believed correct) or "
+                             "--feedback FILE (reviewers' decisions)")
+        if (args.precision is None) == (args.review_budget is None):
+            raise SystemExit("ecomatch calibrate: error: give --precision P or --review-budget N (flags per 10,000)"
+                             + (" (with --feedback and --data: --precision P)" if args.feedback else ""))
+        listings = _read_split(args)
+        data = " + ".join(f"`{d}`" for d in args.data) + ("" if args.split == "all" else f" ({args.split} split)")
+        ev = build_eval_set(matcher, listings, args.max_eval, args.seed, CALIBRATION_KINDS,
+                            _lexicon_kinds(matcher))
+        policy = (_feedback_data_policy(args, matcher, listings, ev, data) if args.feedback else
+                  calibrate(ev, args.precision, args.prevalence, args.review_budget,
+                            fitted_on={"data": data, "listings": len(ev.listings)}))
     if args.write:
         with open(args.write, "wb") as f:
             f.write(policy_bytes(policy))
@@ -327,7 +414,13 @@ def build_parser(recipe: dict | None = None) -> argparse.ArgumentParser:
     s = sub.add_parser("calibrate", help="fit the verdict's calibration and choose its operating point on "
                                          "listings believed correct")
     s.add_argument("--model", required=True)
-    s.add_argument("--data", required=True, action="append", help="Parquet glob; repeat for several sources")
+    s.add_argument("--data", default=[], action="append", help="Parquet glob; repeat for several sources")
+    s.add_argument("--feedback", default=None, metavar="DECISIONS",
+                   help="reviewers' decisions exported from a scan's report.html (CSV or JSON): raise the scan's "
+                        "cut until the confirmed share of the reviewed listings at or above it is --precision "
+                        "(default: the calibration's own target); never lowers it")
+    s.add_argument("--calibration", default=None, metavar="FILE",
+                   help="with --feedback: the scan's calibration file (default: the model's)")
     s.add_argument("--precision", type=float, default=None,
                    help="operating point: the highest recall whose expected precision at --prevalence is P")
     s.add_argument("--review-budget", type=float, default=None, metavar="N",

@@ -35,7 +35,8 @@ from .data import DEFAULT_ATTRIBUTE_COLUMNS, Listings, clean_indices, column_att
 from .metrics import recall_at_k, roc_auc
 from .preprocess import decode_images
 from .scores import ListingScore
-from .verdict import DEFAULT_PREVALENCE, MATCH, Assessment, CalibrationData, Policy, choose_cut, fit_policy
+from .verdict import (DEFAULT_PREVALENCE, MATCH, Assessment, CalibrationData, Policy, choose_cut, expected_at,
+                      feedback_cut, fit_policy)
 
 log = logging.getLogger(__name__)
 
@@ -233,6 +234,44 @@ def calibrate(ev: EvalSet, precision: float | None = None, prevalence: float = D
         log.warning("no cut reaches expected precision %.2f at prevalence %g on these listings: the strictest one "
                     "is used, and flags almost nothing", precision, prevalence)
     return policy.with_operating_point(cut, point)
+
+
+# Reviewers' decisions of each label needed before they join the listing curve's fit.
+FEEDBACK_MIN_EACH = 50
+
+
+def score_listings(matcher: Matcher, listings: Listings) -> tuple[Listings, list[ListingScore]]:
+    """The listings whose image decodes and their raw scores as the scan makes them (title and
+    the catalogue's columns)."""
+    _, ok = decode_images(listings.images, matcher.image_size)
+    listings = listings.take(ok)
+    return listings, matcher.score(listings.images, listings.titles, _attributes(matcher, listings.rows()))
+
+
+def calibrate_with_feedback(ev: EvalSet, reviewed: Sequence[tuple[ListingScore, bool]], precision: float,
+                            prevalence: float = DEFAULT_PREVALENCE, fitted_on: Mapping | None = None,
+                            min_each: int = FEEDBACK_MIN_EACH) -> tuple[Policy, bool]:
+    """:func:`calibrate` on ``ev`` with reviewers' labels: ``reviewed`` holds the raw scores
+    of decided listings and whether each was confirmed. With at least ``min_each`` of each
+    label they join the listing curve's fit (false alarms beside the unmodified listings,
+    confirmed ones beside the corrupted copies); the cut chosen on ``ev`` for ``precision``
+    is then raised by :func:`~ecomatch_model.verdict.feedback_cut` on the decided listings'
+    new p_violation. Returns the policy and whether the decisions joined the fit."""
+    data = calibration_data(ev)
+    n_confirmed = sum(bool(y) for _, y in reviewed)
+    refit = n_confirmed >= min_each and len(reviewed) - n_confirmed >= min_each
+    if refit:
+        data.clean += [s for s, y in reviewed if not y]
+        data.corrupted += [("feedback", s) for s, y in reviewed if y]
+    policy = fit_policy(data, prevalence, fitted_on=fitted_on)
+    p0, p1 = _p(policy, ev)
+    p1 = {k: v for k, v in p1.items() if k in EVAL_KINDS} or p1
+    floor, _ = choose_cut(p0, p1, prevalence, precision)
+    cut, point = feedback_cut([policy.p_violation(s) for s, _ in reviewed], [bool(y) for _, y in reviewed], floor,
+                              precision)
+    point = {**point, "prevalence": prevalence, **expected_at(cut, p0, p1, prevalence), "clean": len(p0),
+             "corrupted": int(sum(len(v) for v in p1.values())), "feedback_in_fit": refit}
+    return policy.with_operating_point(cut, point), refit
 
 
 def _p(policy: Policy, ev: EvalSet) -> tuple[np.ndarray, dict[str, np.ndarray]]:

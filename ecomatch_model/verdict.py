@@ -29,6 +29,10 @@ ratio. When that is the global match, the swap search is worth trying
 listing ok, that mention is blamed and its new value suggested, otherwise ``worst_kind`` is
 ``match``.
 
+**Reviewers' decisions** (:func:`feedback_cut`) move the cut up, never down: only flagged
+listings are reviewed, so the decisions say how precise the flags are at and above the
+scan's cut and nothing of the listings below it.
+
 A calibration file (a checkpoint's ``calibration.json``, or ``--calibration FILE``) is read
 and validated by :func:`read_policy` / :meth:`Policy.from_json` only.
 """
@@ -405,12 +409,14 @@ def policy_bytes(policy: Policy) -> bytes:
 
 def describe(policy: Policy, source: str) -> dict[str, Any]:
     """What a scan's ``summary.json`` says of its calibration: where it came from, its sha256
-    (so that ``--state`` knows whether verdicts can be carried), the cut, the prevalence and
-    the operating point with its expected precision, recall and false-positive rate."""
+    (so that ``--state`` knows whether verdicts can be carried), the cut, the prevalence,
+    the operating point with its expected precision, recall and false-positive rate, and
+    the reviewers' decisions it was refitted from (``fitted_on["feedback"]``; None if none)."""
     import hashlib
 
     return {"source": source, "sha256": hashlib.sha256(policy_bytes(policy)).hexdigest(), "cut": policy.cut,
-            "prevalence": policy.prevalence, "operating_point": dict(policy.operating_point)}
+            "prevalence": policy.prevalence, "operating_point": dict(policy.operating_point),
+            "feedback": policy.fitted_on.get("feedback")}
 
 
 # ---------------------------------------------------------------------------- fitting
@@ -485,3 +491,48 @@ def choose_cut(p0: np.ndarray, p1: Mapping[str, np.ndarray], prevalence: float, 
                 and e["expected_recall"] > best_recall:
             best, best_recall = float(c), e["expected_recall"]
     return best, expected_at(best, p0, p1, prevalence)
+
+
+# Reviewed listings at or above a cut chosen from reviewers' decisions, at least.
+FEEDBACK_MIN_REVIEWED = 10
+
+
+def feedback_cut(severities: Sequence[float], confirmed: Sequence[bool], scan_cut: float, precision: float,
+                 min_reviewed: int = FEEDBACK_MIN_REVIEWED) -> tuple[float, dict[str, Any]]:
+    """The verdict cut that reviewers' decisions call for, and what it gives on them.
+
+    ``severities`` are the reviewed listings' p_violation in the scan, ``confirmed`` their
+    labels (True: a real violation, False: a false alarm), ``scan_cut`` the scan's cut.
+    Reviewed listings are a biased sample: only flagged ones (p_violation >= ``scan_cut``) are
+    reviewed, so nothing is known of the listings below the cut and the rule never lowers it.
+    It raises the cut to the lowest one, halfway between reviewed severities, at or above
+    which the confirmed share of the reviewed listings (at least ``min_reviewed`` of them)
+    reaches ``precision``; it keeps ``scan_cut`` when the share over all reviewed listings
+    reaches it already. Decisions below ``scan_cut`` (not flags of this scan) are not used.
+    That precision is the reviewed listings': it is the scan's own where reviewers decided
+    every flag at or above the cut, as report.html lists them, most severe first. Raises
+    ValueError when no cut reaches ``precision`` with ``min_reviewed`` listings."""
+    s, y = np.asarray(severities, np.float64), np.asarray(confirmed, bool)
+    if s.shape != y.shape:
+        raise ValueError("one label per severity")
+    used = s >= scan_cut
+    s, y = s[used], y[used]
+    if len(s) < min_reviewed:
+        raise ValueError(f"{len(s)} decisions at or above the scan's cut {scan_cut:.4f}; at least {min_reviewed} "
+                         "are needed")
+    order = np.argsort(-s, kind="stable")
+    s, y = s[order], y[order]
+    reviewed = np.arange(1, len(s) + 1)
+    share = np.cumsum(y) / reviewed                 # confirmed share of the reviewed at or above s[i]
+    ends = [i for i in range(len(s)) if i == len(s) - 1 or s[i] > s[i + 1]]    # whole groups of equal severity
+    ok = [i for i in ends if reviewed[i] >= min_reviewed and share[i] >= precision]
+    if not ok:
+        best = max((i for i in ends if reviewed[i] >= min_reviewed), key=lambda i: share[i])
+        raise ValueError(f"no cut reaches precision {precision:g} on the reviewed listings: the best with at least "
+                         f"{min_reviewed} is {share[best]:.3f}, at or above p_violation {s[best]:.4f}")
+    i = max(ok)
+    cut = float(scan_cut) if i == len(s) - 1 else max(float(scan_cut), float((s[i] + s[i + 1]) / 2))
+    return cut, {"rule": "feedback", "precision": precision, "previous_cut": float(scan_cut),
+                 "reviewed": int(len(s)), "ignored_below_cut": int((~used).sum()),
+                 "reviewed_precision_before": float(share[-1]), "reviewed_at_cut": int(reviewed[i]),
+                 "reviewed_precision": float(share[i])}

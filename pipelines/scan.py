@@ -26,12 +26,14 @@ Outputs under PREFIX (full schemas in ``transforms/reports.py``):
   probability at the calibration's prevalence that the photo contradicts the text),
   match_score, worst_kind, content_hash, one row per scored listing;
 - ``violations/*.parquet``: listing_id, severity, match_score, worst_kind, reasons,
-  attributes (kind, value, score, p_contradicted, suggested_value, suggested_score);
+  attributes (kind, value, score, p_contradicted, suggested_value, suggested_score), title,
+  image_uri (credentials masked), source, and the ``--carry-columns`` (``seller_id``, ...);
 - ``errors/*.parquet``: listing_id, source, stage, error_type, message;
 - ``summary.json``: counts, model, calibration and operating point, input, runner, the
   device each worker scored on, times, listings per second, the run id and the run's shards
   (shard names carry the run id; ``run.json`` names the run that owns the prefix, and a run
-  whose prefix another scan claimed publishes nothing);
+  whose prefix another scan claimed publishes nothing), and with a seller column
+  (``--seller-column``) the sellers with the most violations;
 - ``report.html``: a self-contained page for reviewers, written by the job's last step
   (``WriteHtmlReport``, on a worker, on every runner) from the outputs above once
   ``summary.json`` is final: the ``--report-top`` most severe violations with attention
@@ -78,8 +80,8 @@ from transforms.flag import FlagViolations
 from transforms.html_report import DEFAULT_TOP, WriteHtmlReport
 from transforms.listings import InputSchemaError, ReadListings, UnreadableInputError, survey_input
 from transforms.progress import TrackProgress
-from transforms.reports import (ERRORS, REMOVED, REPORT, SCORES, SUMMARY, VIOLATIONS, ScanInfo, WriteReports,
-                                check_writable, claim_prefix, clear_outputs, new_run_id, read_summary)
+from transforms.reports import (ERRORS, REMOVED, REPORT, SCORES, SUMMARY, VIOLATIONS, VIOLATIONS_SCHEMA, ScanInfo,
+                                WriteReports, check_writable, claim_prefix, clear_outputs, new_run_id, read_summary)
 from transforms.score import EcomatchModelHandler, ScoreListings, SearchSwaps, SwapSearchHandler
 from transforms.sources import FetchLimits, ImageSources
 from transforms.state import CarryForward, previous_run
@@ -134,6 +136,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="an earlier run's output prefix: listings unchanged since (same content_hash) keep its "
                         "verdict without being decoded or scored, its ids no longer read are listed in removed/; "
                         "ignored, with a warning, when that run is incomplete or had another model or calibration")
+    p.add_argument("--carry-columns", default=None, metavar="COL,COL",
+                   help="input string columns copied into every violations/ row, e.g. seller_id,product_url "
+                        "(each must be in some input file)")
+    p.add_argument("--seller-column", default=None, metavar="NAME",
+                   help="the carried column naming the seller: summary.json and the report list the sellers "
+                        "with the most violations (default: seller_id when it is carried; carried when named)")
     p.add_argument("--verbose", action="store_true", help="also log Beam's routine notices (pipelines/notices.py)")
     p.add_argument("--image-uri-prefix", "--image_uri_prefix", dest="image_uri_prefix", action="append", default=[],
                    metavar="PREFIX", help="an image_uri must lie under this prefix (repeatable; one value may hold "
@@ -200,6 +208,23 @@ def attribute_columns(spec: str | None, matcher: Matcher) -> dict[str, str]:
     return columns
 
 
+def carry_columns(spec: str | None, seller: str | None) -> tuple[list[str], str | None]:
+    """``--carry-columns`` (with ``--seller-column``, carried too) as names in order, and the
+    seller column (``seller_id`` when carried and no other is named)."""
+    names = [c.strip() for c in spec.split(",")] if spec else []
+    if any(not c for c in names):
+        raise ScanConfigError(f"--carry-columns: empty column name in {spec!r}")
+    if seller is not None and not seller.strip():
+        raise ScanConfigError("--seller-column: empty column name")
+    names += [seller.strip()] if seller and seller.strip() not in names else []
+    taken = sorted({c for c in names if c in VIOLATIONS_SCHEMA.names or c == "image"})
+    if taken:
+        raise ScanConfigError(f"--carry-columns: {', '.join(taken)} already in violations/ rows or not a string")
+    if len(set(names)) != len(names):
+        raise ScanConfigError(f"--carry-columns: a column is named twice in {spec!r}")
+    return names, (seller.strip() if seller else ("seller_id" if "seller_id" in names else None))
+
+
 def _runner_name(options: PipelineOptions, pipeline: beam.Pipeline) -> str:
     runner = options.view_as(StandardOptions).runner
     return runner if isinstance(runner, str) else type(pipeline.runner).__name__
@@ -257,8 +282,14 @@ def run(argv: Sequence[str] | None = None, save_main_session: bool = True,
     policy, policy_source = scan_policy(args.calibration, matcher)
     calibration = describe(policy, policy_source)
     columns = attribute_columns(args.attribute_columns, matcher)
-    survey = survey_input(args.input, list(columns), strict=not args.skip_bad_files)
+    carry, seller_column = carry_columns(args.carry_columns, args.seller_column)
+    # Carried columns are read and type-checked as optional string columns, like attribute columns.
+    optional = [*columns, *(c for c in carry if c not in columns)]
+    survey = survey_input(args.input, optional, strict=not args.skip_bad_files)
     files, read_columns = survey.files, survey.columns
+    missing = [c for c in carry if c not in read_columns]
+    if missing:
+        raise ScanConfigError(f"--carry-columns: no input file has column(s) {', '.join(map(repr, missing))}")
     for why in survey.bad.values():
         log.warning("--skip-bad-files: skipping %s", redact(why))
     previous, why = previous_run(args.state, matcher.sha256, calibration["sha256"]) if args.state else (None, "")
@@ -266,7 +297,8 @@ def run(argv: Sequence[str] | None = None, save_main_session: bool = True,
         log.warning("--state %s is not used, every listing is scanned: %s", redact(args.state), why)
     info = ScanInfo(args.input, len(files) + len(survey.bad), args.output, args.model, matcher.sha256, calibration,
                     list(matcher.lexicon.kinds), _runner_name(pipeline.options if test_pipeline else options, pipeline),
-                    state=previous.prefix if previous else None, run_id=new_run_id())
+                    state=previous.prefix if previous else None, run_id=new_run_id(),
+                    carry_columns=carry, seller_column=seller_column)
     log.info("scanning %d listings in %d file(s) matching %s (columns %s) with model %s (sha256 %s) into %s; "
              "image_uri under %s", survey.rows, len(files), redact(args.input), ", ".join(read_columns),
              redact(args.model), matcher.sha256[:12], redact(args.output), redact(" ".join(sources.prefixes)))
@@ -278,14 +310,14 @@ def run(argv: Sequence[str] | None = None, save_main_session: bool = True,
     claim_prefix(args.output, info.run_id)     # a run that claimed it earlier and still runs will fail
 
     # The files found bad above go to the reader too: it reports them, with any found bad later.
-    read = ReadListings([*files, *survey.bad], read_columns, list(columns))
+    read = ReadListings([*files, *survey.bad], read_columns, optional)
     if args.skip_bad_files:
         listings, read_errors = pipeline | "ReadListings" >> read.with_exception_handling()
         failures = [read_errors]
     else:
         listings, failures = pipeline | "ReadListings" >> read, []
-    decoder = ListingDecoder.from_matcher(matcher, columns, sources=sources)
-    changed, carried, removed = (listings | "CarryForward" >> CarryForward(previous, decoder) if previous
+    decoder = ListingDecoder.from_matcher(matcher, columns, sources=sources, carry_columns=carry)
+    changed, carried, removed = (listings | "CarryForward" >> CarryForward(previous, decoder, seller_column) if previous
                                  else (listings, None, None))
     decoded, decode_errors = changed | "DecodeListings" >> DecodeListings(decoder)
     handler = EcomatchModelHandler(args.model, args.batch_size, args.model_copies,
@@ -293,7 +325,7 @@ def run(argv: Sequence[str] | None = None, save_main_session: bool = True,
                                    precision=args.precision, compile=args.compile)
     scored, score_errors = decoded | "ScoreListings" >> ScoreListings(handler, policy)
     searched = scored | "SearchSwaps" >> SearchSwaps(SwapSearchHandler(handler))
-    verdicts = searched | "FlagViolations" >> FlagViolations(policy)
+    verdicts = searched | "FlagViolations" >> FlagViolations(policy, seller_column)
     if previous:
         verdicts = (verdicts, carried) | "AllVerdicts" >> beam.Flatten()
     errors = (*failures, decode_errors, score_errors) | "MergeErrors" >> beam.Flatten()

@@ -33,9 +33,9 @@ def scan(tmp: Path, table: pa.Table, out: str, model: str, *extra: str) -> Pipel
 
 
 def rows(prefix: Path, name: str) -> dict[str, dict]:
-    """A report's rows by listing id."""
+    """A report's rows by listing id, without the input file (each scan here reads its own copy)."""
     table = pa.concat_tables([pq.read_table(p) for p in sorted((prefix / name).glob("*.parquet"))])
-    return {r["listing_id"]: r for r in table.to_pylist()}
+    return {r["listing_id"]: {k: v for k, v in r.items() if k != "source"} for r in table.to_pylist()}
 
 
 def inferred(result: PipelineResult) -> int:
@@ -62,6 +62,9 @@ def test_rerun_carries_everything_then_changes_score_only_changed(catalogue: pa.
     assert summary["counts"]["scored"] == N and summary["files"]["removed"]
     assert rows(tmp_path / "b", "scores") == rows(tmp_path / "a", "scores")
     assert rows(tmp_path / "b", "violations") == rows(tmp_path / "a", "violations")
+    # A carried row names the file the listing was read from now.
+    assert {r["source"] for r in pq.read_table(tmp_path / "b" / "violations").to_pylist()} == {
+        str(tmp_path / "in-b" / "listings.parquet")}
     assert rows(tmp_path / "b", "removed") == {}
 
     ids = catalogue.column("listing_id").to_pylist()

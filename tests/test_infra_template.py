@@ -34,6 +34,7 @@ GOOD = {
     "state": ["gs://reports/scan/{yesterday}", "gs://reports/scan/2026-11-25"],
     "attribute_columns": ["base_colour=colour", "colour_name=colour,Type=article_type,fabric.main=material"],
     "skip_bad_files": ["true", "false"],
+    "carry_columns": ["seller_id", "seller_id,product_url", "Shop.Name,x-1"],
     "image_uri_prefix": ["gs://catalogue-images/", "https://cdn.example.com/", "gs://shop-prod-catalogue/",
                          "gs://catalogue-images/ https://cdn.example.com:8443/img/", "gs://a-b/c/"],
 }
@@ -48,6 +49,7 @@ BAD = {
     "attribute_columns": ["", "base_colour", "base_colour=", "=colour", "a=colour,", "a=colour b=pattern",
                           "a=Colour"],
     "skip_bad_files": ["", "yes", "True", "1", "true "],
+    "carry_columns": ["", "seller_id,", ",seller_id", "seller_id,,url", "seller id", "1seller"],
     "image_uri_prefix": ["", "gs://imgs", "http://cdn.example.com/", "https://user:pw@cdn.example.com/",
                          "/etc/", "file:///", "data:", "https://cdn.example.com", "gs://imgs/ /tmp/",
                          "gs://imgs/*", "https://169.254.169.254/ x"],
@@ -107,13 +109,16 @@ def test_common_sh_defaults_pass_the_template_regexes():
 
 def test_launcher_writes_template_parameters_as_scan_options():
     argv = launch.template_args(["--input=gs://c/x.parquet", "--attribute_columns=colour_name=colour",
-                                 "--skip_bad_files=true", "--image_uri_prefix=gs://img/ https://cdn.example.com/",
+                                 "--carry_columns=seller_id,product_url", "--skip_bad_files=true",
+                                 "--image_uri_prefix=gs://img/ https://cdn.example.com/",
                                  "--max_num_workers=3"])
-    assert argv == ["--input=gs://c/x.parquet", "--attribute-columns=colour_name=colour", "--skip-bad-files",
+    assert argv == ["--input=gs://c/x.parquet", "--attribute-columns=colour_name=colour",
+                    "--carry-columns=seller_id,product_url", "--skip-bad-files",
                     "--image-uri-prefix=gs://img/", "--image-uri-prefix=https://cdn.example.com/",
                     "--max_num_workers=3"]
     args, rest = build_parser().parse_known_args(["--output=gs://r/x", *argv])
-    assert (args.attribute_columns, args.skip_bad_files, rest) == ("colour_name=colour", True, ["--max_num_workers=3"])
+    assert (args.attribute_columns, args.carry_columns, args.skip_bad_files, rest) == (
+        "colour_name=colour", "seller_id,product_url", True, ["--max_num_workers=3"])
     assert args.image_uri_prefix == ["gs://img/", "https://cdn.example.com/"]
     assert "--skip-bad-files" not in launch.template_args(["--skip_bad_files=false"])
     with pytest.raises(SystemExit, match="true or false"):

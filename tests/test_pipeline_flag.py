@@ -14,6 +14,9 @@ from pipeline_fixtures import fn_api_pipeline
 from conftest import threshold_policy
 
 from ecomatch_model.scores import AttributeScore, ListingScore, Swap
+from dataclasses import replace
+
+from transforms.decode import ListingContext
 from transforms.flag import FlagViolations, Verdict, flag_listing
 from transforms.progress import ProgressLog
 from transforms.score import ScoredListing
@@ -47,7 +50,7 @@ def test_flag_listing_is_the_policy_verdict():
         a = POLICY.assess(x.score, x.origins, x.swap)
         v = flag_listing(x, POLICY)
         assert v == Verdict(x.listing_id, "violation" if a.violation else "ok", a.p_violation, x.score.match,
-                            a.worst_kind, x.content_hash, a.reasons, a.findings)
+                            a.worst_kind, x.content_hash, a.reasons, a.findings, source="s.parquet")
     kinds = {x.listing_id: flag_listing(x, POLICY).worst_kind for x in LISTINGS}
     assert kinds == {"ok": None, "col": "colour", "glob": "match", "both": "pattern", "bare": None,
                      "expl": "article_type"}
@@ -64,6 +67,17 @@ def test_rows_follow_the_report_layout():
     assert row["attributes"] == [{"kind": "pattern", "value": "striped", "score": 0.3,
                                   "p_contradicted": v.attributes[0].p_contradicted, "suggested_value": None,
                                   "suggested_score": None}]
+
+
+def test_violations_keep_the_listing_context_and_every_verdict_its_seller():
+    ctx = ListingContext("Red Dress", None, (("seller_id", "s7"), ("product_url", "u")))
+    ok, bad = (flag_listing(replace(x, context=ctx), POLICY, "seller_id") for x in (LISTINGS[0], LISTINGS[1]))
+    assert (ok.verdict, ok.seller, ok.context) == ("ok", "s7", None)            # nothing more kept for ok listings
+    assert (bad.verdict, bad.seller, bad.context) == ("violation", "s7", ctx)
+    row = bad.violation_row(["product_url", "seller_id"])
+    assert {k: row[k] for k in ("title", "image_uri", "source", "product_url", "seller_id")} == {
+        "title": "Red Dress", "image_uri": None, "source": "s.parquet", "product_url": "u", "seller_id": "s7"}
+    assert flag_listing(LISTINGS[1], POLICY, "seller_id").seller is None
 
 
 def test_flag_violations_transform():

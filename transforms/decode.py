@@ -21,7 +21,7 @@ from ecomatch_model.api import Matcher
 from ecomatch_model.preprocess import DEFAULT_MAX_PIXELS, to_uint8
 from ecomatch_model.text import Mention, TextEncoder
 
-from .errors import ErrorRecord, dead_letter_errors
+from .errors import ErrorRecord, dead_letter_errors, redact
 from .listings import RawListing
 from .sources import ImageSources, SourceOverCapError, shown
 
@@ -53,6 +53,20 @@ class UnsupportedImageError(ValueError):
     """The image bytes are not JPEG, PNG, WebP or GIF."""
 
 
+@dataclass(frozen=True)
+class ListingContext:
+    """What a reviewer needs of a listing's input beside its verdict (``violations/`` rows):
+    its title, its ``image_uri`` with credentials masked (None when the image is inline), and
+    the ``--carry-columns`` values in their order (None when empty)."""
+
+    title: str
+    image_uri: str | None = None
+    columns: tuple[tuple[str, str | None], ...] = ()
+
+    def get(self, column: str | None) -> str | None:
+        return dict(self.columns).get(column) if column else None
+
+
 @dataclass
 class DecodedListing:
     """A listing ready for the model: every array has the same shape for every listing.
@@ -74,6 +88,7 @@ class DecodedListing:
     mentions: list[Mention]
     origins: list[str]
     tokens: list[str] = field(default_factory=list)
+    context: ListingContext | None = None
 
 
 def image_format(data: bytes, fetched: bool = False) -> str:
@@ -133,15 +148,25 @@ class ListingDecoder:
     model_sha256: str
     limits: InputLimits = InputLimits()
     sources: ImageSources = ImageSources()      # where image_uri may point; by default nowhere
+    carry_columns: tuple[str, ...] = ()    # read as optional string columns beside the attribute columns
 
     @classmethod
     def from_matcher(cls, matcher: Matcher, attribute_columns: Mapping[str, str],
-                     limits: InputLimits = InputLimits(), sources: ImageSources = ImageSources()) -> "ListingDecoder":
-        return cls(matcher.text_encoder, matcher.image_size, dict(attribute_columns), matcher.sha256, limits, sources)
+                     limits: InputLimits = InputLimits(), sources: ImageSources = ImageSources(),
+                     carry_columns: Sequence[str] = ()) -> "ListingDecoder":
+        return cls(matcher.text_encoder, matcher.image_size, dict(attribute_columns), matcher.sha256, limits, sources,
+                   tuple(carry_columns))
 
     def image(self, raw: RawListing) -> bytes:
         """The listing's image bytes (:func:`image_bytes` under this decoder's caps and sources)."""
         return image_bytes(raw, self.limits.max_image_bytes, self.sources)
+
+    def context(self, raw: RawListing) -> ListingContext:
+        """The listing's :class:`ListingContext`; URL credentials in ``image_uri`` and in the
+        carried values (a signed ``product_url``, say) are masked here, before anything is written."""
+        values = ((c, raw.attributes.get(c)) for c in self.carry_columns)
+        return ListingContext(raw.title or "", redact(raw.image_uri) if raw.image_uri else None,
+                              tuple((c, redact(v) if v else v) for c, v in values))
 
     def column_attributes(self, raw: RawListing) -> list[tuple[str, str, str]]:
         """(column, kind, value) for each structured column whose value the lexicon knows."""
@@ -187,7 +212,7 @@ class ListingDecoder:
                    for m in mentions]
         return DecodedListing(raw.listing_id, raw.source, self.listing_hash(raw, data),
                               pixels, enc.ids[0], enc.mask[0], enc.attr_mask[0], enc.attr_valid[0], enc.attr_value[0],
-                              mentions, origins, enc.tokens[0])
+                              mentions, origins, enc.tokens[0], self.context(raw))
 
 
 class DecodeListings(beam.PTransform):

@@ -25,6 +25,12 @@ card, every piece of listing text cut to :data:`MAX_TEXT` characters, a few erro
 per type. Safety: all listing text is HTML-escaped; images are decoded and re-encoded by
 Pillow, never passed through; a Content-Security-Policy allows no requests but ``data:``
 images, and only the page's own style and script (by hash).
+
+Reviewers decide each card (confirm / false alarm) and export the decisions as CSV or JSON
+for ``ecomatch calibrate --feedback`` (``ecomatch_model.feedback``): the page's script makes
+a Blob and downloads it through an ``<a download>`` click. That needs no change to the CSP:
+a download is a navigation, which ``default-src 'none'`` does not govern (checked in
+Chromium from ``file://``, tests/test_report_feedback.py).
 """
 from __future__ import annotations
 
@@ -94,6 +100,9 @@ mark{background:#ffd54f;padding:0 2px;border-radius:2px}
 .sev{font-weight:bold;color:#c62828}
 .attrs td{font-size:13px}.fail{color:#c62828;font-weight:bold}
 ul{margin:6px 0;padding-left:18px}
+.decide button{margin:6px 6px 0 0;padding:3px 10px;border:1px solid #99a;border-radius:4px;background:#fff;cursor:pointer}
+.card[data-decision=confirmed]{border-left-color:#6a1b9a}.card[data-decision=false_alarm]{border-left-color:#2e7d32}
+.decide button[aria-pressed=true]{background:#1d2b3a;color:#fff}
 """
 
 SCRIPT = """
@@ -140,6 +149,58 @@ SCRIPT = """
   function toHash() {
     location.hash = "kind=" + encodeURIComponent(kindSel.value) + "&sort=" + sortSel.value;
   }
+  // Reviewers' decisions: one per listing (a second click on the same button takes it back),
+  // exported as CSV or JSON for `ecomatch calibrate --feedback FILE` by a download of a Blob
+  // this script makes: no server, and nothing is sent anywhere.
+  var decisions = {};
+  var decided = document.getElementById("decided");
+  var sha = document.body.dataset.calibrationSha256;
+  var FIELDS = ["listing_id", "decision", "worst_kind", "severity", "calibration_sha256"];
+  function decide(card, decision) {
+    var id = card.dataset.listingId;
+    var undo = decisions[id] && decisions[id].decision === decision;
+    if (undo) { delete decisions[id]; card.removeAttribute("data-decision"); }
+    else {
+      decisions[id] = {listing_id: id, decision: decision, worst_kind: card.dataset.kind,
+                       severity: Number(card.dataset.severity), calibration_sha256: sha, rank: Number(card.dataset.rank)};
+      card.dataset.decision = decision;
+    }
+    Array.prototype.forEach.call(card.querySelectorAll("button[data-decision]"), function (b) {
+      b.setAttribute("aria-pressed", String(!undo && b.dataset.decision === decision));
+    });
+    decided.textContent = Object.keys(decisions).length + " decided";
+  }
+  function rows() {
+    return Object.keys(decisions).map(function (id) { return decisions[id]; })
+      .sort(function (a, b) { return a.rank - b.rank; })
+      .map(function (d) { var r = {}; FIELDS.forEach(function (f) { r[f] = d[f]; }); return r; });
+  }
+  function csvField(v) {
+    var s = String(v);
+    return /[",\\r\\n]/.test(s) ? '"' + s.replace(/"/g, '""') + '"' : s;
+  }
+  function download(name, type, text) {
+    var a = document.createElement("a");
+    a.href = URL.createObjectURL(new Blob([text], {type: type}));
+    a.download = name;
+    document.body.appendChild(a);
+    a.click();
+    a.remove();
+    setTimeout(function () { URL.revokeObjectURL(a.href); }, 60000);
+  }
+  list.addEventListener("click", function (e) {
+    var b = e.target.closest("button[data-decision]");
+    if (b) decide(b.closest(".card"), b.dataset.decision);
+  });
+  document.getElementById("export-csv").addEventListener("click", function () {
+    download("ecomatch-decisions.csv", "text/csv", [FIELDS.join(",")].concat(rows().map(function (r) {
+      return FIELDS.map(function (f) { return csvField(r[f]); }).join(",");
+    })).join("\\r\\n") + "\\r\\n");
+  });
+  document.getElementById("export-json").addEventListener("click", function () {
+    download("ecomatch-decisions.json", "application/json",
+             JSON.stringify({format: "ecomatch-decisions/1", decisions: rows()}, null, 1) + "\\n");
+  });
   kindSel.addEventListener("change", toHash);
   sortSel.addEventListener("change", toHash);
   window.addEventListener("hashchange", fromHash);
@@ -403,10 +464,12 @@ def _score_note(score: float | None) -> str:
     return "" if score is None else f" ({score:.2f})"
 
 
-def card_html(rank: int, row: Mapping[str, Any], evidence: Evidence | str | None, policy: Policy) -> str:
+def card_html(rank: int, row: Mapping[str, Any], evidence: Evidence | str | None, policy: Policy,
+              carry_columns: Sequence[str] = ()) -> str:
     """One violation's card: photo and heatmaps of its findings (the blamed attribute first),
     the title with their words marked, each finding's score and probability of a
-    contradiction and the model's suggested value, the global match and the reasons."""
+    contradiction and the model's suggested value, the global match, the reasons, the
+    listing's source, image_uri and carried columns, and the confirm / false-alarm buttons."""
     kind = row["worst_kind"] or MATCH
     findings = row["attributes"] or []
     pics: list[tuple[str, str]] = []
@@ -426,10 +489,13 @@ def card_html(rank: int, row: Mapping[str, Any], evidence: Evidence | str | None
                 pics.append((data_uri(overlay_heatmap(view, a.attention)), f"where it looked for {f['kind']} "
                                                                            f"\u201c{f['value']}\u201d"))
         title = f'<h3 class="title">{title_html(evidence.title, spans)}</h3>'
-        source = f'<div class="muted mono">{esc(evidence.decoded.source)}</div>'
     else:
         title = f'<h3 class="title muted">{esc(evidence or "listing not found in the input shards")}</h3>'
-        source = ""
+    where = [row.get("source") or (evidence.decoded.source if isinstance(evidence, Evidence) else None),
+             row.get("image_uri")]
+    source = "".join(f'<div class="muted mono">{esc(w)}</div>' for w in where if w)
+    source += "".join(f'<div class="carried"><span class="muted">{esc(c)}</span> {esc(row.get(c) or "-")}</div>'
+                      for c in carry_columns)
     figures = "".join(f'<figure><img src="{uri}" alt="{esc(caption)}" width="{THUMB_PX}" height="{THUMB_PX}">'
                       f'<figcaption>{esc(caption)}</figcaption></figure>' for uri, caption in pics)
     attr_rows = "".join(
@@ -446,12 +512,15 @@ def card_html(rank: int, row: Mapping[str, Any], evidence: Evidence | str | None
                   f'{match_p:.3f}</span></td><td></td></tr>')
     reasons = "".join(f"<li>{esc(r)}</li>" for r in (row["reasons"] or [])[:MAX_REASONS])
     return (f'<article class="card" id="v{rank}" data-rank="{rank}" data-kind="{esc(kind)}" '
+            f'data-listing-id="{html.escape(str(row["listing_id"]), quote=True)}" '
             f'data-severity="{row["severity"]!r}"><div class="pics">{figures}</div><div>{title}'
             f'<div><span class="sev">p_violation {row["severity"]:.3f}</span> &middot; blamed: <b>{esc(kind)}</b> '
             f'&middot; #{rank} &middot; <span class="mono">{esc(row["listing_id"])}</span></div>{source}'
             f'<table class="attrs"><tr><th>kind</th><th>listing says</th><th>raw score</th>'
             f'<th>probability of a contradiction</th><th>model suggests</th></tr>{attr_rows}</table>'
-            f'<ul>{reasons}</ul></div></article>')
+            f'<ul>{reasons}</ul><div class="decide"><button type="button" data-decision="confirmed" '
+            f'aria-pressed="false">confirm</button><button type="button" data-decision="false_alarm" '
+            f'aria-pressed="false">false alarm</button></div></div></article>')
 
 
 def operating_point_html(calibration: Mapping[str, Any]) -> str:
@@ -498,6 +567,18 @@ def summary_html(summary: Mapping[str, Any], histogram: Sequence[int]) -> str:
             f'<tr><td>finished</td><td>{esc(summary["finished_at"])}</td></tr></table></div></div></section>')
 
 
+def sellers_html(sellers: Mapping[str, Any] | None) -> str:
+    """The sellers with the most violations (``summary.json``'s ``sellers``), when a seller column was carried."""
+    if not sellers:
+        return ""
+    rows = "".join(f'<tr class="seller"><td class="mono">{esc(r["seller"])}</td><td>{int(r["violations"])}</td>'
+                   f'<td>{int(r["scored"])}</td><td>{float(r["share"]):.1%}</td></tr>' for r in sellers["top"])
+    return (f'<section id="sellers"><h2>Sellers with the most violations</h2><p class="muted">'
+            f'{int(sellers["with_violations"])} sellers (column <span class="mono">{esc(sellers["column"])}</span>) '
+            f'have at least one violation; the {len(sellers["top"])} with the most:</p><table><tr><th>seller</th>'
+            f'<th>violations</th><th>scored listings</th><th>share</th></tr>{rows}</table></section>')
+
+
 def errors_html(per_type: Mapping[str, int], examples: Mapping[str, Sequence[Mapping[str, Any]]]) -> str:
     """Error types by count, each with a few example listings and messages."""
     if not per_type:
@@ -525,15 +606,18 @@ def render_report(summary: Mapping[str, Any], histogram: Sequence[int], rows: Se
         in_report[r["worst_kind"] or MATCH] = in_report.get(r["worst_kind"] or MATCH, 0) + 1
     options = "".join(f'<option value="{esc(k)}">{esc(k)} ({in_report.get(k, 0)} of {n})</option>'
                       for k, n in c["violations_per_kind"].items() if n or in_report.get(k))
-    cards = "".join(card_html(i + 1, r, evidence.get(r["listing_id"]), policy) for i, r in enumerate(rows))
+    carry = list(summary.get("carry_columns") or [])
+    cards = "".join(card_html(i + 1, r, evidence.get(r["listing_id"]), policy, carry) for i, r in enumerate(rows))
+    sha = esc(summary["calibration"].get("sha256", ""))
     return (f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">'
             f'<meta http-equiv="Content-Security-Policy" content="{CSP}">'
             f'<meta name="referrer" content="no-referrer">'
             f'<meta name="viewport" content="width=device-width, initial-scale=1">'
-            f'<title>ecomatch report: {c["violations"]} violations</title><style>{STYLE}</style></head><body>'
+            f'<title>ecomatch report: {c["violations"]} violations</title><style>{STYLE}</style></head>'
+            f'<body data-calibration-sha256="{sha}">'
             f'<header><h1>ecomatch violation report</h1><div>{esc(summary["input"]["pattern"])} &middot; '
             f'finished {esc(summary["finished_at"])}</div></header>'
-            + summary_html(summary, histogram)
+            + summary_html(summary, histogram) + sellers_html(summary.get("sellers"))
             + f'<section id="violations"><h2>Violations: the {len(rows)} likeliest of {c["violations"]}</h2>'
             f'<p class="muted">At most {top_n} per report (<span class="mono">--report-top</span>); all of them '
             f'are in <span class="mono">violations/</span>. Heatmaps show where the model looked for each '
@@ -541,7 +625,9 @@ def render_report(summary: Mapping[str, Any], histogram: Sequence[int], rows: Se
             f'<div class="controls"><label>kind <select id="kind"><option value="">all kinds ({len(rows)})</option>'
             f'{options}</select></label> <label>order <select id="sort">'
             f'<option value="desc">most likely first</option><option value="asc">least likely first</option>'
-            f'</select></label> <span id="shown" class="muted">{len(rows)} shown</span></div>'
+            f'</select></label> <span id="shown" class="muted">{len(rows)} shown</span> &middot; '
+            f'<span id="decided" class="muted">0 decided</span> <button type="button" id="export-csv">export '
+            f'decisions (CSV)</button> <button type="button" id="export-json">export decisions (JSON)</button></div>'
             f'<div class="cards" id="cards">{cards}</div></section>'
             + errors_html(c["errors_per_type"], examples)
             + f"<script>{SCRIPT}</script></body></html>\n")

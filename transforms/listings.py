@@ -6,7 +6,8 @@ Listing shards are Parquet files with
 - ``image`` (binary: JPEG, PNG, WebP or GIF bytes) or ``image_uri`` (string: a local path or
   any fsspec URL); at least one of the two per file, ``image`` wins where both are set;
 - optional string columns holding structured attributes (``--attribute-columns`` maps
-  column -> attribute kind).
+  column -> attribute kind) or carried to the violation rows (``--carry-columns``): the
+  readers take both as their ``attribute_columns``.
 
 :func:`survey_input` reads only the Parquet footers, before the pipeline is built, so a
 missing or mistyped column, or a file that is not Parquet (truncated, say), stops the job
@@ -45,7 +46,8 @@ class UnreadableInputError(ValueError):
 
 @dataclass
 class RawListing:
-    """One input row as read: ``attributes`` maps attribute column -> its non-empty value;
+    """One input row as read: ``attributes`` maps attribute (or carried) column -> its non-empty
+    value;
     ``invalid`` maps each text column whose value is not valid UTF-8 to why (that value is
     then held with the bad bytes as ``\\xNN`` escapes, and decoding refuses the listing)."""
 

@@ -1,7 +1,8 @@
 """The ``WriteReports`` stage and the output layout under PREFIX (local path or ``gs://``):
 
 - ``scores/part-RUN_ID-SSSSS-of-NNNNN.parquet``: one row per scored listing (:data:`SCORES_SCHEMA`);
-- ``violations/part-*.parquet``: one row per violation (:data:`VIOLATIONS_SCHEMA`);
+- ``violations/part-*.parquet``: one row per violation (:data:`VIOLATIONS_SCHEMA`, then one
+  string column per ``--carry-columns`` name: :func:`violations_schema`);
 - ``errors/part-*.parquet``: one row per listing that could not be scored (:data:`ERRORS_SCHEMA`),
   stage ``decode`` or ``score``; with ``--skip-bad-files`` also one row per input file or
   row group that could not be read (stage ``read``, no listing id), not a listing and so
@@ -22,7 +23,9 @@
   those the model gave now (``scored``), and counts the ``removed`` ids. ``scoring_devices``
   lists, per worker (host name) and device (``cuda:0``, ``cpu``), how many listings the model
   scored there: a GPU job whose workers fell back to the CPU shows ``cpu`` (``infra.nightly``
-  alerts on it).
+  alerts on it). With a seller column (``--seller-column``), ``sellers`` lists the
+  :data:`TOP_SELLERS` sellers with the most violations (:func:`sellers_block`), counted in the
+  pipeline per seller, never gathered in one process.
 - ``run.json``: ``{"run_id": ...}``, the run that owns the prefix, written at launch
   (:func:`claim_prefix`); the last run to claim a prefix owns it.
 - ``report.html``: not written here but by the step after, ``WriteHtmlReport``
@@ -54,7 +57,7 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 import apache_beam as beam
 import pyarrow as pa
@@ -87,7 +90,18 @@ ATTRIBUTE_TYPE = pa.struct([
 VIOLATIONS_SCHEMA = pa.schema([
     ("listing_id", pa.string()), ("severity", pa.float64()), ("match_score", pa.float64()),
     ("worst_kind", pa.string()), ("reasons", pa.list_(pa.string())), ("attributes", pa.list_(ATTRIBUTE_TYPE)),
+    ("title", pa.string()), ("image_uri", pa.string()), ("source", pa.string()),
 ])
+# The columns of a violation's verdict (what --state carries forward; the rest is the listing's).
+VERDICT_COLUMNS = ("listing_id", "severity", "match_score", "worst_kind", "reasons", "attributes")
+TOP_SELLERS = 20
+
+
+def violations_schema(carry_columns: Sequence[str] = ()) -> pa.Schema:
+    """:data:`VIOLATIONS_SCHEMA` with one string column per ``--carry-columns`` name, in order."""
+    return pa.schema([*VIOLATIONS_SCHEMA, *((c, pa.string()) for c in carry_columns)])
+
+
 ERRORS_SCHEMA = pa.schema([
     ("listing_id", pa.string()), ("source", pa.string()), ("stage", pa.string()),
     ("error_type", pa.string()), ("message", pa.string()),
@@ -114,6 +128,8 @@ class ScanInfo:
     started_at: float = field(default_factory=time.time)
     state: str | None = None        # the earlier run whose verdicts are carried forward
     run_id: str = ""                # in every shard name and in summary.json; "" outside a scan (tests)
+    carry_columns: Sequence[str] = ()   # --carry-columns: extra columns of violations/
+    seller_column: str | None = None    # the carried column that names the seller
 
 
 class PrefixTakenError(RuntimeError):
@@ -202,6 +218,35 @@ def scoring_devices(events: Mapping[str, int]) -> list[dict[str, Any]]:
     return [{"worker": w, "device": d, "listings": int(n)} for d, w, n in sorted(rows, key=lambda r: (r[1], r[0]))]
 
 
+def seller_counts(v: Verdict) -> Iterator[tuple[str, tuple[int, int]]]:
+    """(seller, (violations, scored)) of one verdict whose listing names a seller."""
+    if v.seller:
+        yield v.seller, (int(v.verdict == "violation"), 1)
+
+
+def _sum_pairs(pairs: Iterable[tuple[int, int]]) -> tuple[int, int]:
+    pairs = list(pairs)
+    return sum(a for a, _ in pairs), sum(b for _, b in pairs)
+
+
+def _seller_rank(kv: tuple[str, tuple[int, int]]) -> tuple:
+    """Larger for more violations, then a higher share, then the seller's name in alphabetical order."""
+    seller, (violations, scored) = kv
+    return violations, violations / scored, [-ord(ch) for ch in seller] + [1]
+
+
+def sellers_block(column: str | None, top: Sequence[tuple[str, tuple[int, int]]], with_violations: Sequence[int]
+                  ) -> dict[str, Any] | None:
+    """``summary.json``'s ``sellers``: the seller column, how many sellers have a violation, and
+    the :data:`TOP_SELLERS` with the most (violations, scored listings, their share)."""
+    if not column:
+        return None
+    ranked = sorted(top, key=_seller_rank, reverse=True)[:TOP_SELLERS]
+    return {"column": column, "with_violations": int(sum(with_violations)),
+            "top": [{"seller": s, "violations": v, "scored": n, "share": round(v / n, 6)}
+                    for s, (v, n) in ranked]}
+
+
 def duplicate_events(id_count: tuple[str, int]) -> Iterator[str]:
     """Count keys of a listing id read ``n`` times: none when n is 1, else one
     ``duplicate_id`` and ``n`` ``duplicate_row``."""
@@ -243,9 +288,10 @@ def _relative(prefix: str, path: str) -> str:
 
 
 def write_summary(events: Mapping[str, int], info: ScanInfo, scores: Sequence[str], violations: Sequence[str],
-                  errors: Sequence[str], removed: Sequence[str] = ()) -> dict[str, Any]:
-    """Build ``summary.json`` from the event counts and the final shard names, write it
-    under the output prefix, and return it."""
+                  errors: Sequence[str], removed: Sequence[str] = (), sellers: Mapping[str, Any] | None = None
+                  ) -> dict[str, Any]:
+    """Build ``summary.json`` from the event counts, the final shard names and the sellers
+    block (:func:`sellers_block`), write it under the output prefix, and return it."""
     counts = summary_counts(events, info.kinds)
     finished = time.time()
     seconds = max(finished - info.started_at, 1e-9)
@@ -262,6 +308,8 @@ def write_summary(events: Mapping[str, int], info: ScanInfo, scores: Sequence[st
         "output": redact(info.output),
         "runner": info.runner,
         "scoring_devices": scoring_devices(events),
+        "carry_columns": list(info.carry_columns),
+        "sellers": sellers,
         "started_at": _iso(info.started_at),
         "finished_at": _iso(finished),
         "seconds": round(seconds, 3),
@@ -280,6 +328,14 @@ def write_summary(events: Mapping[str, int], info: ScanInfo, scores: Sequence[st
         FileSystems.delete([path])
         check_owner(info.output, info.run_id)
     return summary
+
+
+def summary_step(events, info, scores, violations, errors, *side, with_removed=False):  # untyped: Beam checks hints
+    """``WriteSummary``: :func:`write_summary` with its side inputs, the removed shards (with
+    ``--state``) then, with a seller column, the top sellers and the count of sellers with a violation."""
+    removed, rest = (side[0], side[1:]) if with_removed else ((), side)
+    return write_summary(events, info, scores, violations, errors, removed,
+                         sellers_block(info.seller_column, *rest) if rest else None)
 
 
 def read_summary(prefix: str) -> dict[str, Any]:
@@ -311,8 +367,9 @@ class WriteReports(beam.PTransform):
                   | "WriteScores" >> _shards(out, SCORES, SCORES_SCHEMA, self._info.run_id))
         violations = (verdicts
                       | "KeepViolations" >> beam.Filter(lambda v: v.verdict == "violation")
-                      | "ViolationRows" >> beam.Map(Verdict.violation_row)
-                      | "WriteViolations" >> _shards(out, VIOLATIONS, VIOLATIONS_SCHEMA, self._info.run_id))
+                      | "ViolationRows" >> beam.Map(Verdict.violation_row, list(self._info.carry_columns))
+                      | "WriteViolations" >> _shards(out, VIOLATIONS, violations_schema(self._info.carry_columns),
+                                                     self._info.run_id))
         error_files = (errors
                        | "ErrorRows" >> beam.Map(ErrorRecord.row)
                        | "WriteErrors" >> _shards(out, ERRORS, ERRORS_SCHEMA, self._info.run_id))
@@ -336,5 +393,13 @@ class WriteReports(beam.PTransform):
                   | "AllEvents" >> beam.Flatten()
                   | "CountEvents" >> beam.combiners.Count.PerElement()
                   | "EventCounts" >> beam.combiners.ToDict())
-        return events | "WriteSummary" >> beam.Map(write_summary, self._info, AsList(scores), AsList(violations),
-                                                    AsList(error_files), *map(AsList, removed_files))
+        sellers = [] if not self._info.seller_column else [
+            verdicts | "SellerCounts" >> beam.FlatMap(seller_counts) | "PerSeller" >> beam.CombinePerKey(_sum_pairs)
+            | "WithViolations" >> beam.Filter(lambda kv: kv[1][0] > 0)]
+        seller_args = [] if not sellers else [
+            AsList(sellers[0] | "TopSellers" >> beam.combiners.Top.Of(TOP_SELLERS, key=_seller_rank)
+                   | "TopList" >> beam.FlatMap(lambda top: top)),
+            AsList(sellers[0] | "CountSellers" >> beam.combiners.Count.Globally())]
+        return events | "WriteSummary" >> beam.Map(summary_step, self._info, AsList(scores), AsList(violations),
+                                                    AsList(error_files), *map(AsList, removed_files), *seller_args,
+                                                    with_removed=bool(removed_files))

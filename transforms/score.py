@@ -34,7 +34,7 @@ from ecomatch_model.scores import ListingScore, Swap
 from ecomatch_model.text import EncodedText
 from ecomatch_model.verdict import Policy
 
-from .decode import DecodedListing
+from .decode import DecodedListing, ListingContext
 from .errors import ErrorRecord, dead_letter_errors
 from .progress import NAMESPACE
 
@@ -176,6 +176,7 @@ class ScoredListing:
     decoded: DecodedListing | None = None
     device: str = ""        # where it was scored ("cuda:0", "cpu") and on which worker (host name)
     worker: str = ""
+    context: ListingContext | None = None   # title, image_uri, carried columns: for the violation rows
 
 
 def to_scored(result: PredictionResult, policy: Policy) -> ScoredListing:
@@ -185,7 +186,7 @@ def to_scored(result: PredictionResult, policy: Policy) -> ScoredListing:
     Metrics.counter(NAMESPACE, "scored").inc()
     keep = x if policy.needs_swap_search(result.inference) else None
     return ScoredListing(x.listing_id, x.source, x.content_hash, list(x.origins), result.inference, decoded=keep,
-                         device=str(result.model_id or ""), worker=socket.gethostname())
+                         device=str(result.model_id or ""), worker=socket.gethostname(), context=x.context)
 
 
 class ScoreListings(beam.PTransform):

@@ -7,7 +7,9 @@ title, structured attributes, image bytes) and joined by listing id with that ru
 one process:
 
 - same id, same hash: the earlier verdict is carried forward (``Verdict.carried``), neither
-  decoded nor scored;
+  decoded nor scored; only its verdict columns are read from the earlier ``violations/``
+  (:data:`~transforms.reports.VERDICT_COLUMNS`), the title, ``image_uri``, source and carried
+  columns are the listing's as read now (they are not all in the content hash);
 - a new id, or a changed hash, or a listing that cannot be hashed: decoded and scored as
   usual (decoding reports the unusable ones);
 - an id of the earlier run that is not read any more: one ``removed/`` row.
@@ -22,11 +24,10 @@ job runs is skipped with a warning (:func:`state_rows`): its listings are scored
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 import apache_beam as beam
-import pyarrow as pa
 import pyarrow.parquet as pq
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
@@ -40,7 +41,7 @@ from .errors import redact
 from .flag import Verdict
 from .listings import RawListing
 from .progress import NAMESPACE
-from .reports import SCORES, SCORES_SCHEMA, SCORING_RULES, VIOLATIONS, VIOLATIONS_SCHEMA, read_summary
+from .reports import SCORES, SCORES_SCHEMA, SCORING_RULES, VERDICT_COLUMNS, VIOLATIONS, read_summary
 
 CARRIED, REMOVED = "carried", "removed"
 log = logging.getLogger(__name__)
@@ -72,23 +73,23 @@ def previous_run(prefix: str, model_sha256: str, calibration_sha256: str) -> tup
     rules = summary.get("scoring_rules", 1)         # runs before the version was recorded: 1
     if rules != SCORING_RULES:
         return None, f"it was scanned under other scoring rules (version {rules}; this scan's is {SCORING_RULES})"
-    for path, schema in [*((p, SCORES_SCHEMA) for p in shards[SCORES]),
-                         *((p, VIOLATIONS_SCHEMA) for p in shards[VIOLATIONS])]:
-        why = unreadable_shard(path, schema)
+    for path, columns in [*((p, SCORES_SCHEMA.names) for p in shards[SCORES]),
+                          *((p, VERDICT_COLUMNS) for p in shards[VIOLATIONS])]:
+        why = unreadable_shard(path, columns)
         if why:
             return None, f"its shard {path} cannot be read ({why})"
     return PreviousRun(prefix, shards[SCORES], shards[VIOLATIONS]), ""
 
 
-def unreadable_shard(path: str, schema: pa.Schema) -> str:
-    """Why the earlier run's shard at ``path`` cannot be used (no footer, columns of
-    ``schema`` missing), or "" when its footer and schema are fine."""
+def unreadable_shard(path: str, columns: Sequence[str]) -> str:
+    """Why the earlier run's shard at ``path`` cannot be used (no footer, one of ``columns``
+    missing), or "" when its footer and columns are fine."""
     try:
         with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
             names = pq.read_metadata(f).schema.to_arrow_schema().names
     except Exception as exc:  # noqa: BLE001 (missing, truncated, not Parquet: OSError, ArrowInvalid, ...)
         return f"{type(exc).__name__}: {' '.join(str(exc).split())[:200]}"
-    missing = [n for n in schema.names if n not in names]
+    missing = [n for n in columns if n not in names]
     return f"columns {', '.join(missing)} are missing" if missing else ""
 
 
@@ -138,9 +139,11 @@ def carried_verdict(score: Mapping[str, Any], violations: Iterable[Mapping[str, 
                    tuple(Finding(**a) for a in row["attributes"]), carried=True)
 
 
-def split_by_state(joined: tuple[str, Mapping[str, list]]) -> Iterator[RawListing | TaggedOutput]:
+def split_by_state(joined: tuple[str, Mapping[str, list]], decoder: ListingDecoder | None = None,
+                   seller_column: str | None = None) -> Iterator[RawListing | TaggedOutput]:
     """One listing id's rows now and in the earlier run -> listings to decode (main output),
-    carried verdicts (``carried``) and a removed row (``removed``)."""
+    carried verdicts (``carried``, with the listing's context as read now: ``decoder.context``)
+    and a removed row (``removed``)."""
     listing_id, rows = joined
     now, scores, violations = list(rows["now"]), list(rows[SCORES]), list(rows[VIOLATIONS])
     by_hash = {s["content_hash"]: s for s in scores}
@@ -151,7 +154,10 @@ def split_by_state(joined: tuple[str, Mapping[str, list]]) -> Iterator[RawListin
             yield raw
         else:
             Metrics.counter(NAMESPACE, "carried").inc()
-            yield TaggedOutput(CARRIED, verdict)
+            context = decoder.context(raw) if decoder else None
+            yield TaggedOutput(CARRIED, replace(
+                verdict, source=raw.source, seller=context.get(seller_column) if context else None,
+                context=context if verdict.verdict == "violation" else None))
     if not now and scores:
         yield TaggedOutput(REMOVED, {"listing_id": listing_id, "verdict": scores[0]["verdict"],
                                      "content_hash": scores[0]["content_hash"]})
@@ -161,20 +167,21 @@ class CarryForward(beam.PTransform):
     """RawListing -> (RawListing to decode, carried :class:`Verdict`, removed row) PCollections
     against :class:`PreviousRun`; each listing read leaves in exactly one of the first two."""
 
-    def __init__(self, previous: PreviousRun, decoder: ListingDecoder):
+    def __init__(self, previous: PreviousRun, decoder: ListingDecoder, seller_column: str | None = None):
         super().__init__()
-        self._previous, self._decoder = previous, decoder
+        self._previous, self._decoder, self._seller_column = previous, decoder, seller_column
 
     def expand(self, listings: beam.PCollection[RawListing]
                ) -> tuple[beam.PCollection[RawListing], beam.PCollection[Verdict], beam.PCollection[dict]]:
         now = listings | "HashListings" >> beam.Map(keyed_hash, self._decoder)
         earlier = {name: (listings.pipeline
                           | f"Previous{name.title()}Files" >> beam.Create(files)
-                          | f"ReadPrevious{name.title()}" >> beam.FlatMap(state_rows, schema.names)
+                          | f"ReadPrevious{name.title()}" >> beam.FlatMap(state_rows, columns)
                           | f"Key{name.title()}" >> beam.Map(lambda row: (row["listing_id"], row)))
-                   for name, files, schema in ((SCORES, self._previous.scores, SCORES_SCHEMA),
-                                               (VIOLATIONS, self._previous.violations, VIOLATIONS_SCHEMA))}
+                   for name, files, columns in ((SCORES, self._previous.scores, SCORES_SCHEMA.names),
+                                                (VIOLATIONS, self._previous.violations, VERDICT_COLUMNS))}
         split = ({"now": now, **earlier}
                  | "JoinState" >> beam.CoGroupByKey()
-                 | "SplitByState" >> beam.FlatMap(split_by_state).with_outputs(CARRIED, REMOVED, main="changed"))
+                 | "SplitByState" >> beam.FlatMap(split_by_state, self._decoder, self._seller_column)
+                 .with_outputs(CARRIED, REMOVED, main="changed"))
         return split.changed, split[CARRIED], split[REMOVED]
