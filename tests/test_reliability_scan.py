@@ -284,11 +284,11 @@ def test_a_bundle_fault_fails_the_local_job_and_a_retry_is_complete(small_input:
     args = ["--input", str(small_input / "*.parquet"), "--output", str(tmp_path / "out"), "--batch-size", "1"]
     flag, calls = transforms.flag.flag_listing, []
 
-    def fails_once(scored: Any, policy: Any):
+    def fails_once(scored: Any, *rest: Any):
         calls.append(scored.listing_id)
         if len(calls) == 1:
             raise TransientFault("worker lost its connection")
-        return flag(scored, policy)
+        return flag(scored, *rest)
     monkeypatch.setattr(transforms.flag, "flag_listing", fails_once)
     with pytest.raises(TransientFault, match="worker lost its connection"):
         run(args, save_main_session=False)
@@ -367,13 +367,13 @@ def test_two_scans_racing_to_one_prefix_leave_exactly_one_run(small_input: Path,
     out = tmp_path / "out"
     flag, calls = transforms.flag.flag_listing, []
 
-    def start_b_midway(scored: Any, policy: Any):
+    def start_b_midway(scored: Any, *rest: Any):
         calls.append(scored.listing_id)
         if len(calls) == 1:                 # A has started writing; B runs to the end meanwhile
             b = subprocess.run([sys.executable, "-m", "pipelines.scan", "--input", str(other / "*.parquet"),
                                 "--output", str(out)], cwd=REPO, capture_output=True, text=True, timeout=300)
             assert b.returncode == 0, b.stderr[-3000:]
-        return flag(scored, policy)
+        return flag(scored, *rest)
     monkeypatch.setattr(transforms.flag, "flag_listing", start_b_midway)
     with pytest.raises(Exception, match="another scan .* started writing to .* after this one"):
         run(["--input", str(small_input / "*.parquet"), "--output", str(out), "--batch-size", "1"],
