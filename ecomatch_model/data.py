@@ -136,23 +136,6 @@ def corrupt_attribute(tokens: Sequence[str], mentions: Sequence[Mention], lexico
     return replace_mention(tokens, mentions[j], new), j, new
 
 
-def image_swap_partner(i: int, groups: Sequence[str], rng: np.random.Generator) -> int | None:
-    """Another listing whose article-type group differs from listing ``i``'s."""
-    others = np.flatnonzero(np.asarray(groups) != groups[i])
-    return int(others[rng.integers(len(others))]) if len(others) else None
-
-
-def article_groups(listings: Listings, lexicon: Lexicon, encoder_tokens) -> list[str]:
-    """Each listing's article-type group: from the title's mention, else its column."""
-    out = []
-    col = listings.column("article_type")
-    for i, title in enumerate(listings.titles):
-        m = next((m for m in lexicon.extract(encoder_tokens(title)) if m.kind == "article_type"), None)
-        value = m.value if m else lexicon.canonical("article_type", col[i])
-        out.append(lexicon.group("article_type", value) if value else f"?{col[i]}")
-    return out
-
-
 def parse_attribute_columns(spec: str | None) -> dict[str, str]:
     """"base_colour=colour,article_type=article_type" -> {column: kind}."""
     if not spec:

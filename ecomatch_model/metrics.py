@@ -1,5 +1,4 @@
-"""Plain numpy metrics: ROC-AUC, recall@k, precision/recall at a threshold, and the
-threshold that reaches a target precision. Higher ``anomaly`` means "more likely a
+"""Plain numpy metrics: ROC-AUC and recall@k. Higher ``anomaly`` means "more likely a
 mismatch" everywhere in this module."""
 from __future__ import annotations
 
@@ -39,34 +38,3 @@ def recall_at_k(scores: np.ndarray, positive: np.ndarray, ks: tuple[int, ...] = 
     pos_score = scores[np.arange(len(scores)), positive]
     rank = (scores >= pos_score[:, None]).sum(1) - 1  # 0 = best
     return {k: float((rank < k).mean()) for k in ks}
-
-
-def precision_recall(labels: np.ndarray, flagged: np.ndarray) -> tuple[float, float]:
-    labels = np.asarray(labels).astype(bool)
-    flagged = np.asarray(flagged).astype(bool)
-    tp = int((labels & flagged).sum())
-    precision = tp / int(flagged.sum()) if flagged.any() else float("nan")
-    recall = tp / int(labels.sum()) if labels.any() else float("nan")
-    return precision, recall
-
-
-def threshold_for_precision(labels: np.ndarray, score: np.ndarray, precision: float) -> float | None:
-    """The threshold t maximising recall of ``score < t`` (low score = mismatch) subject to
-    precision >= ``precision``. None when no threshold reaches that precision."""
-    labels = np.asarray(labels).astype(bool)
-    score = np.asarray(score, np.float64)
-    order = np.argsort(score, kind="mergesort")
-    s, y = score[order], labels[order]
-    tp = np.cumsum(y)
-    flagged = np.arange(1, len(s) + 1)
-    best = None
-    # Cut points: only after the last of a run of equal scores.
-    for i in range(len(s)):
-        if i + 1 < len(s) and s[i + 1] == s[i]:
-            continue
-        if tp[i] / flagged[i] >= precision:
-            best = i
-    if best is None:
-        return None
-    nxt = s[best + 1] if best + 1 < len(s) else s[best] + 1e-6
-    return float((s[best] + nxt) / 2.0)

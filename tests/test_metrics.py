@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from ecomatch_model.metrics import precision_recall, recall_at_k, roc_auc, threshold_for_precision
+from ecomatch_model.metrics import recall_at_k, roc_auc
 
 
 def test_roc_auc_known_cases():
@@ -19,18 +19,3 @@ def test_recall_at_k_hand_made():
                        [0.1, 0.2, 0.3]])   # 3rd
     r = recall_at_k(scores, np.zeros(3, int), ks=(1, 2, 3))
     assert r == {1: pytest.approx(1 / 3), 2: pytest.approx(2 / 3), 3: 1.0}
-
-
-def test_precision_recall():
-    assert precision_recall([1, 1, 0, 0], [1, 0, 1, 0]) == (0.5, 0.5)
-
-
-def test_threshold_for_precision():
-    labels = np.array([1, 1, 1, 0, 1, 0, 0, 0])
-    score = np.array([0.1, 0.2, 0.3, 0.35, 0.4, 0.6, 0.7, 0.8])  # low = mismatch
-    t = threshold_for_precision(labels, score, 0.8)
-    flagged = score < t
-    p, r = precision_recall(labels, flagged)
-    assert p >= 0.8 and r == 1.0 and 0.4 < t < 0.6
-    assert threshold_for_precision(labels, score, 1.0) == pytest.approx(0.325)
-    assert threshold_for_precision(np.array([0, 1]), np.array([0.1, 0.9]), 0.9) is None
