@@ -381,8 +381,8 @@ def cmd_explain(args: argparse.Namespace) -> int:
           f"{'VIOLATION, worst ' + str(verdict.worst_kind) if verdict.violation else 'ok'}; match {score.match:.2f}")
     ev = policy.evidence(score)
     for j, (a, e) in enumerate(zip(score.attributes, ev)):
-        p = policy.probability(e) if e != float("-inf") else 0.0
-        print("  " + "; ".join(text for text, _ in attribute_lines(a, args.title, p, verdict.culprit == j)))
+        print("  " + "; ".join(text for text, _ in attribute_lines(a, args.title, policy.probability(e),
+                                                                   verdict.culprit == j)))
     for r in verdict.reasons:
         print(f"  - {r}")
     print(f"written to {args.out}")

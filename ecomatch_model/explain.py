@@ -104,7 +104,7 @@ def render_explanation(matcher: Matcher, policy: Policy, image: ImageInput, titl
     note = [] if score.attributes else [("no attribute found in the title", INK_RGB)]
     panels = [(view, [("model input", INK_RGB), *note])]
     panels += [(overlay_heatmap(view, a.attention),
-                attribute_lines(a, title, policy.probability(e) if e != float("-inf") else 0.0, verdict.culprit == j))
+                attribute_lines(a, title, policy.probability(e), verdict.culprit == j))
                for j, (a, e) in enumerate(zip(score.attributes, ev))]
     for k, (picture, lines) in enumerate(panels):
         x = pad + k * (panel + pad)

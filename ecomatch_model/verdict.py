@@ -39,6 +39,7 @@ and validated by :func:`read_policy` / :meth:`Policy.from_json` only.
 from __future__ import annotations
 
 import bisect
+import hashlib
 import json
 import math
 import string
@@ -254,7 +255,8 @@ class Policy:
         return out + [self.check_log_lr(MATCH, s.match if match is None else match)]
 
     def probability(self, log_lr: float) -> float:
-        """Log likelihood ratio -> probability at the calibration's prevalence."""
+        """Log likelihood ratio -> probability at the calibration's prevalence (0 for a check
+        without a curve, whose ratio is -inf)."""
         return _sigmoid(log_lr + _logit(self.prevalence))
 
     def p_from_evidence(self, ev: Sequence[float]) -> float:
@@ -291,7 +293,7 @@ class Policy:
         origins = list(origins) if origins is not None else ["title"] * len(s.attributes)
         ev = self.evidence(s)
         p = self.p_from_evidence(ev)
-        match_p = self.probability(ev[-1]) if ev[-1] != -math.inf else 0.0
+        match_p = self.probability(ev[-1])
         if p < self.cut:
             return Assessment(p, False, None, None, match_p)
         # An attribute that is a violation on its own is blamed before the global match (a
@@ -412,8 +414,6 @@ def describe(policy: Policy, source: str) -> dict[str, Any]:
     (so that ``--state`` knows whether verdicts can be carried), the cut, the prevalence,
     the operating point with its expected precision, recall and false-positive rate, and
     the reviewers' decisions it was refitted from (``fitted_on["feedback"]``; None if none)."""
-    import hashlib
-
     return {"source": source, "sha256": hashlib.sha256(policy_bytes(policy)).hexdigest(), "cut": policy.cut,
             "prevalence": policy.prevalence, "operating_point": dict(policy.operating_point),
             "feedback": policy.fitted_on.get("feedback")}

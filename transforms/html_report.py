@@ -505,8 +505,7 @@ def card_html(rank: int, row: Mapping[str, Any], evidence: Evidence | str | None
         f'<span class="{"fail" if f["p_contradicted"] >= policy.cut else ""}">{f["p_contradicted"]:.3f}</span></td>'
         f'<td>{esc(f["suggested_value"] or "-")}{_score_note(f["suggested_score"])}</td></tr>' for f in findings)
     match = row["match_score"]
-    lr = policy.check_log_lr(MATCH, match)
-    match_p = policy.probability(lr) if lr != float("-inf") else 0.0
+    match_p = policy.probability(policy.check_log_lr(MATCH, match))
     attr_rows += (f'<tr><td>match</td><td class="muted">image vs whole title</td><td>{match:.3f}</td><td>'
                   f'{meter_svg(match_p, policy.cut, invert=True)} <span class="{"fail" if match_p >= policy.cut else ""}">'
                   f'{match_p:.3f}</span></td><td></td></tr>')
