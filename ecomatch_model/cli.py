@@ -94,7 +94,7 @@ def cmd_prune(args: argparse.Namespace) -> int:
 def cmd_train(args: argparse.Namespace) -> int:
     from .evaluate import build_eval_set, calibrate
     from .recipe import data_globs, dump_recipe, synthetic_listings
-    from .train import TrainOptions, split_for_training, train
+    from .train import TrainOptions, split_by_reference, split_for_training, train
     recipe = args.recipe_values
     # --data replaces the recipe's globs (read as given); the recipe's are under --data-root.
     globs = args.data if args.data is not None else data_globs(recipe.get("data", []), args.data_root)
@@ -106,12 +106,20 @@ def cmd_train(args: argparse.Namespace) -> int:
     parts = [read_listings(d, limit=args.limit) for d in globs]
     synthetic = synthetic_listings(args.synthetic_seeds, args.synthetic_n)
     listings = concat_listings(parts + [synthetic])
-    train_set, val_set = split_for_training(listings, args.val_fraction, args.seed)
+    # The recipe's reference globs are under --data-root, like its data.
+    refs = [data_globs([r], args.data_root)[0] if r in recipe.get("split_reference", []) else r
+            for r in args.split_reference]
+    if refs:
+        reference = concat_listings([read_listings(d) for d in refs])
+        train_set, val_set = split_by_reference(listings, reference, args.val_fraction, args.seed)
+    else:
+        train_set, val_set = split_for_training(listings, args.val_fraction, args.seed)
     log.info("%d listings (%d synthetic): %d train, %d validation", len(listings), len(synthetic), len(train_set),
              len(val_set))
     # The values this run used, as a recipe that reruns it (data globs made absolute).
     used = {k: getattr(args, k) for k in recipe_fields() if k != "description"}
     used["data"] = [g if "://" in g else os.path.abspath(g) for g in globs]
+    used["split_reference"] = [g if "://" in g else os.path.abspath(g) for g in refs]
     os.makedirs(args.out, exist_ok=True)
     with open(os.path.join(args.out, "recipe.toml"), "w", encoding="utf-8") as f:
         f.write(dump_recipe({"description": recipe.get("description"), **used},
@@ -120,7 +128,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     opts = TrainOptions(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
                         device=args.device, stop_after=args.stop_after, group_chunk=args.group_chunk,
                         time_budget=args.time_budget, trainable=args.trainable,
-                        image_negatives=args.image_negatives)
+                        image_negatives=args.image_negatives, column_fraction=args.column_fraction,
+                        colour_focus=args.colour_focus, recolour=args.recolour, degrade=args.degrade)
     t0 = time.time()
     data = ", ".join(f"`{d}`" for d in globs)
     if len(synthetic):
@@ -128,7 +137,9 @@ def cmd_train(args: argparse.Namespace) -> int:
                 f"{', '.join(map(str, args.synthetic_seeds))}, {args.synthetic_n} each)"
     body = (f"Command: `{_command_line()}`" + (f"\n\nRecipe: `{args.recipe}`" if args.recipe else "")
             + f"\n\nData: {data}: {len(train_set)} training and {len(val_set)} validation listings "
-            f"(split by image content, seed {args.seed}).")
+            f"(split by image content, seed {args.seed}"
+            + (f", decided on {', '.join(f'`{r}`' for r in refs)} for the ids it holds"
+               if refs else "") + ").")
     card = cards.section("Training", body)
     ckpt = train(train_set, cfg, args.out, opts, parse_attribute_columns(args.attribute_columns),
                  resume=args.resume, card=card, init=init)
@@ -345,6 +356,36 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_agreement(args: argparse.Namespace) -> int:
+    from .evaluate import photo_agreement
+    matcher = load(args.model, device=args.device)
+    policy = _read_calibration(args.calibration, matcher) if args.calibration else matcher.policy
+    if policy is None:
+        raise SystemExit(f"ecomatch agreement: error: {args.model} has no calibration: run `ecomatch calibrate` "
+                         "or pass --calibration FILE")
+    a = _read_split(argparse.Namespace(**{**vars(args), "data": [args.data]}))
+    b = _read_split(argparse.Namespace(**{**vars(args), "data": [args.other]}))
+    report = photo_agreement(matcher, policy, a, b, max_listings=args.max_eval, seed=args.seed)
+    report["data"] = {"a": args.data, "b": args.other, "split": args.split}
+    report["model"] = {"path": args.model, "sha256": matcher.sha256}
+    print(json.dumps(report, indent=1, sort_keys=True))
+    if args.json:
+        with open(args.json, "w") as f:
+            f.write(json.dumps(report, indent=1, sort_keys=True) + "\n")
+    if args.update_card:
+        rows = "\n".join(f"| {k} | {v['listings']} | {v['mean_abs_diff_p_violation']:.4f} | "
+                         f"{v['verdict_agreement']:.4f} | {v['flagged_a']:.4f} | {v['flagged_b']:.4f} |"
+                         for k, v in report.items() if isinstance(v, dict) and "listings" in v)
+        body = (f"Command: `{_command_line()}`\n\nThe same listings with photo a (`{args.data}`) and photo b "
+                f"(`{args.other}`), at the shipped operating point:\n\n| listings | n | mean abs. difference "
+                f"of p_violation | verdict agreement | flagged with a | flagged with b |\n|---|---|---|---|---|---|\n"
+                f"{rows}")
+        ckpt = matcher.ckpt
+        ckpt.card = cards.replace_section(ckpt.card, args.card_section, body)
+        save(ckpt, resolve_model_path(args.model))
+    return 0
+
+
 def _read_calibration(path: str, matcher: Matcher) -> Policy:
     """``--calibration FILE`` checked against the kinds ``matcher`` knows; an error naming the
     file and the key otherwise."""
@@ -453,6 +494,21 @@ def build_parser(recipe: dict | None = None) -> argparse.ArgumentParser:
     _add_split_args(s)
     s.set_defaults(fn=cmd_evaluate)
 
+    s = sub.add_parser("agreement", help="the same listings' verdicts with two photos each (two photo folders)")
+    s.add_argument("--model", required=True)
+    s.add_argument("--data", required=True, help="Parquet glob: the listings with their first photo")
+    s.add_argument("--other", required=True, help="Parquet glob: the same listing ids with another photo")
+    s.add_argument("--json", default=None)
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--max-eval", type=int, default=5000)
+    s.add_argument("--device", default=None)
+    s.add_argument("--calibration", default=None, metavar="FILE",
+                   help="judge with this calibration file instead of the checkpoint's")
+    s.add_argument("--update-card", action="store_true", help="write the results into the model card")
+    s.add_argument("--card-section", default="Photo agreement")
+    _add_split_args(s)
+    s.set_defaults(fn=cmd_agreement)
+
     s = sub.add_parser("make-sample", help="render a synthetic sample catalogue")
     s.add_argument("--out", required=True)
     s.add_argument("--n", type=int, default=400)
@@ -517,6 +573,19 @@ def _add_train_parser(sub, recipe: dict | None = None) -> argparse.ArgumentParse
     s.add_argument("--image-negatives", type=float, default=0.0, metavar="WEIGHT",
                    help="weight of the image-swap attribute loss: titles scored against another listing's "
                         "image, values it contradicts pushed to 0 (0: off)")
+    s.add_argument("--column-fraction", type=float, default=0.5, metavar="SHARE",
+                   help="share of listings whose structured columns are appended to the title as supervised "
+                        "mentions (1: every image)")
+    s.add_argument("--colour-focus", type=float, default=0.0, metavar="P",
+                   help="probability that a corrupted title swaps its colour mention, where it has one")
+    s.add_argument("--recolour", type=float, default=0.0, metavar="WEIGHT",
+                   help="weight of the recolour loss: photos hue-rotated, the title's colour pushed to 0 (0: off)")
+    s.add_argument("--degrade", type=float, default=0.0, metavar="P",
+                   help="probability that a training photo is blurred by rescaling (and, half as often, "
+                        "JPEG re-encoded)")
+    s.add_argument("--split-reference", action="append", default=[], metavar="GLOB",
+                   help="decide the validation split on these shards, by listing id, for the ids they hold "
+                        "(the 60x80 folder, when training on both photo folders)")
     s.add_argument("--precision", type=float, default=0.5,
                    help="operating point chosen on the validation split: expected precision at prevalence 0.02")
     s.add_argument("--max-eval", type=int, default=3000)

@@ -384,6 +384,42 @@ def evaluate(matcher: Matcher, listings: Listings, policy: Policy | None = None,
     return report
 
 
+def photo_agreement(matcher: Matcher, policy: Policy, a: Listings, b: Listings, max_listings: int | None = 5000,
+                    seed: int = 0) -> dict:
+    """The same listings with two photos each (``a``'s and ``b``'s, joined by listing id,
+    e.g. the 60x80 and 224 folders): the mean absolute difference of ``p_violation`` and
+    the share of equal verdicts, on the unmodified listings and on their corrupted copies
+    (the same column corruptions for both photos; an image swap takes the other listing's
+    photo from the same folder)."""
+    where = {lid: i for i, lid in enumerate(b.ids)}
+    pairs = [(i, where[lid]) for i, lid in enumerate(a.ids) if lid in where]
+    a, b = a.take([i for i, _ in pairs]), b.take([j for _, j in pairs])
+    _, ok_a = decode_images(a.images, matcher.image_size)
+    _, ok_b = decode_images(b.images, matcher.image_size)
+    keep = sorted(set(int(i) for i in ok_a) & set(int(i) for i in ok_b))
+    rng = np.random.default_rng(seed)
+    if max_listings is not None and len(keep) > max_listings:
+        keep = sorted(int(i) for i in rng.choice(keep, max_listings, replace=False))
+    a, b = a.take(keep), b.take(keep)
+    variants = column_corruptions(a, np.random.default_rng(seed + 7), EVAL_KINDS)
+    verdicts = []
+    for base in (a, b):
+        clean = matcher.score(base.images, base.titles, _attributes(matcher, base.rows()))
+        bad = matcher.score([base.images[v.image_row] for v in variants], [v.title for v in variants],
+                            _attributes(matcher, [v.columns for v in variants]))
+        verdicts.append(assessments(matcher, policy, EvalSet(base, clean, variants, bad)))
+
+    def block(x: list[Assessment], y: list[Assessment]) -> dict:
+        px, py = np.asarray([v.p_violation for v in x]), np.asarray([v.p_violation for v in y])
+        fx, fy = np.asarray([v.violation for v in x]), np.asarray([v.violation for v in y])
+        return {"listings": len(px), "mean_abs_diff_p_violation": float(np.abs(px - py).mean()) if len(px) else None,
+                "verdict_agreement": float((fx == fy).mean()) if len(px) else None,
+                "flagged_a": float(fx.mean()) if len(px) else None, "flagged_b": float(fy.mean()) if len(px) else None}
+
+    (ca, va), (cb, vb) = verdicts
+    return {"unmodified": block(ca, cb), "corrupted": block(va, vb), "all": block(ca + va, cb + vb)}
+
+
 def ground_truth(matcher: Matcher, policy: Policy, listings: Listings) -> dict:
     """Detection of mismatches labelled in a ``mismatch_kind`` column (synthetic samples),
     scoring the title together with the structured attribute columns, as a scan does."""

@@ -66,6 +66,87 @@ class TrainOptions:
     # it that a coherent title is wrong against another article's photo (the case of a
     # listing whose photo was swapped, where the text alone gives no hint).
     image_negatives: float = 0.0
+    # Share of listings whose structured columns (colour, type, gender ...) are appended to
+    # the title, each becoming a mention that AGA is supervised on; 1.0 supervises the
+    # columns on every image, also where the title does not name them.
+    column_fraction: float = 0.5
+    # Probability that a corrupted title swaps its colour mention (when it has one) rather
+    # than a mention drawn uniformly: colour is the hardest kind to see.
+    colour_focus: float = 0.0
+    # Weight of the recolour loss (0: off): for up to a quarter of each batch, the photo's
+    # hue is rotated by 120-240 degrees (greys and the white background stay as they are)
+    # and the title's chromatic colour mention is pushed to 0 on the recoloured photo, its
+    # other mentions to 1: colour negatives made from the photo itself.
+    recolour: float = 0.0
+    # Probability that a training photo is degraded: downscaled by 0.4-0.9 and back (blur),
+    # and, half as often, re-encoded as JPEG at quality 20-80, so that a photo's size and
+    # sharpness move the verdict as little as possible.
+    degrade: float = 0.0
+
+
+def degrade(pixels: torch.Tensor, gen: torch.Generator, p: float) -> torch.Tensor:
+    """uint8 (B, 3, S, S) with each image blurred (down- and up-scaled) with probability
+    ``p`` and JPEG re-encoded with probability ``p / 2``; draws from ``gen`` on the CPU."""
+    import io
+
+    from PIL import Image
+    b, _, s, _ = pixels.shape
+    blur = torch.rand(b, generator=gen) < p
+    scale = 0.4 + 0.5 * torch.rand(b, generator=gen)
+    jpeg = torch.rand(b, generator=gen) < p / 2
+    quality = torch.randint(20, 81, (b,), generator=gen)
+    if not (blur.any() or jpeg.any()):
+        return pixels
+    out = pixels.clone()
+    for i in torch.nonzero(blur | jpeg).squeeze(1).tolist():
+        x = out[i]
+        if blur[i]:
+            small = max(8, int(s * float(scale[i])))
+            y = F.interpolate(x[None].float(), size=(small, small), mode="bilinear", antialias=True,
+                              align_corners=False)
+            x = F.interpolate(y, size=(s, s), mode="bilinear", align_corners=False)[0].round().clamp(0, 255).to(
+                torch.uint8)
+        if jpeg[i]:
+            buf = io.BytesIO()
+            Image.fromarray(x.permute(1, 2, 0).cpu().numpy()).save(buf, format="JPEG", quality=int(quality[i]))
+            x = torch.from_numpy(np.array(Image.open(buf).convert("RGB"))).permute(2, 0, 1).to(x.device)
+        out[i] = x
+    return out
+
+
+# RGB -> YIQ: a hue rotation turns the (I, Q) chroma plane and keeps luma, so greys, black
+# and the white background are left exactly as they are.
+_YIQ = torch.tensor([[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]])
+
+
+def chroma_share(pixels: torch.Tensor, level: float = 0.08) -> torch.Tensor:
+    """(B,) share of each uint8 (B, 3, S, S) image's pixels (every other row and column)
+    whose chroma is above ``level``."""
+    yiq = torch.einsum("ij,bjhw->bihw", _YIQ.to(pixels.device), pixels[:, :, ::2, ::2].float() / 255)
+    return (yiq[:, 1:].norm(dim=1) > level).float().mean((1, 2))
+
+
+def rotate_hue(pixels: torch.Tensor, angles: torch.Tensor) -> torch.Tensor:
+    """uint8 (B, 3, S, S) with each image's hue rotated by ``angles`` (B,) radians."""
+    yiq = _YIQ.to(pixels.device)
+    c, s = torch.cos(angles), torch.sin(angles)
+    rot = torch.zeros(len(angles), 3, 3, device=pixels.device)
+    rot[:, 0, 0] = 1
+    rot[:, 1, 1], rot[:, 1, 2], rot[:, 2, 1], rot[:, 2, 2] = c, -s, s, c
+    m = torch.linalg.inv(yiq) @ rot @ yiq                                       # (B, 3, 3)
+    y = torch.einsum("bij,bjhw->bihw", m, pixels.float() / 255)
+    return (y * 255).round().clamp(0, 255).to(torch.uint8)
+
+
+def recolour_targets(values: torch.Tensor, valid: torch.Tensor, chromatic_value: torch.Tensor,
+                     chromatic_image: torch.Tensor, limit: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The rows to recolour (at most ``limit``: a colourful photo whose title names a
+    chromatic colour) and, for them, (R, A) float targets: 0 for the chromatic colour
+    mentions, 1 for the other mentions, NaN for empty slots."""
+    wrong = valid & chromatic_value[values]                                      # (B, A)
+    rows = torch.nonzero(wrong.any(1) & chromatic_image).squeeze(1)[:limit]
+    target = torch.where(wrong[rows], 0.0, 1.0)
+    return rows, target.masked_fill(~valid[rows], float("nan"))
 
 
 def augment(pixels: torch.Tensor, gen: torch.Generator, pad: int, gather: bool | None = None) -> torch.Tensor:
@@ -138,12 +219,14 @@ def image_swap_negatives(values: torch.Tensor, valid: torch.Tensor, partner: tor
 
 def losses(model: DualMatcher, pixels: torch.Tensor, clean: EncodedText, corrupt: EncodedText,
            corrupt_slot: np.ndarray, device: torch.device, opts: TrainOptions,
-           duplicates: torch.Tensor | None = None, value_group: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+           duplicates: torch.Tensor | None = None, value_group: torch.Tensor | None = None,
+           recoloured: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
     """All training losses for one batch. ``corrupt_slot[i]`` is the attribute slot of
     listing i swapped in ``corrupt`` (-1 when listing i has nothing to swap);
     ``duplicates`` (B, B) marks pairs with the same title or image, kept out of each
     other's negatives; ``value_group`` (V,) (see :func:`value_groups`, on ``device``) is
-    needed for ``opts.image_negatives``."""
+    needed for ``opts.image_negatives``; ``recoloured`` = (rows, normalized recoloured
+    pixels of those rows, targets) from :func:`recolour_targets` for ``opts.recolour``."""
     ids, mask, amask, avalid, avalue = _tensors(clean, device)
     cids, cmask, camask, cavalid, cavalue = _tensors(corrupt, device)
     with torch.no_grad() if opts.trainable == "aga" else contextlib.nullcontext():   # frozen encoders
@@ -198,17 +281,31 @@ def losses(model: DualMatcher, pixels: torch.Tensor, clean: EncodedText, corrupt
             x_own = x_logits.gather(2, avalue.unsqueeze(-1)).squeeze(-1)[wrong]
             image_bce = F.binary_cross_entropy_with_logits(x_own, torch.zeros_like(x_own))
 
+    # The same titles over their recoloured photos: the colour mention goes to 0, the rest to 1.
+    recolour_bce = own.sum() * 0
+    if opts.recolour > 0 and recoloured is not None and len(recoloured[0]):
+        rows, px, target = recoloured
+        with torch.no_grad() if opts.trainable == "aga" else contextlib.nullcontext():
+            r_tokens, _ = model.encode_image(px)
+        r_logits, _, _ = model.attend(r_tokens, txt_states[rows], amask[rows], avalid[rows], avalue[rows])
+        r_own = r_logits.gather(2, avalue[rows].unsqueeze(-1)).squeeze(-1)
+        known = ~target.isnan()
+        recolour_bce = F.binary_cross_entropy_with_logits(r_own[known], target[known])
+
     gates = torch.cat([m.gate.abs() for m in model.modules() if isinstance(m, GatedMLP)])
-    total = (contrast + opts.attr_weight * (attr_ce + pos_bce + neg_bce + opts.image_negatives * image_bce)
+    total = (contrast + opts.attr_weight * (attr_ce + pos_bce + neg_bce + opts.image_negatives * image_bce
+                                            + opts.recolour * recolour_bce)
              + opts.gate_l1 * gates.mean())
     return {"loss": total, "contrast": contrast, "attr_ce": attr_ce, "pos_bce": pos_bce, "neg_bce": neg_bce,
-            "image_bce": image_bce}
+            "image_bce": image_bce, "recolour_bce": recolour_bce}
 
 
 def corrupt_batch(encoder: TextEncoder, titles: list[str], rng: np.random.Generator,
-                  parsed: list[tuple[list[str], list]] | None = None) -> tuple[EncodedText, np.ndarray]:
-    """Each title with one attribute swapped for a value of another group (where possible).
-    ``parsed`` may hold each title's (tokens, mentions), computed once ahead of time."""
+                  parsed: list[tuple[list[str], list]] | None = None,
+                  colour_focus: float = 0.0) -> tuple[EncodedText, np.ndarray]:
+    """Each title with one attribute swapped for a value of another group (where possible);
+    with probability ``colour_focus`` the colour mention, where the title has one. ``parsed``
+    may hold each title's (tokens, mentions), computed once ahead of time."""
     out_titles, slots, new_values = [], [], []
     for k, t in enumerate(titles):
         if parsed is None:
@@ -216,7 +313,11 @@ def corrupt_batch(encoder: TextEncoder, titles: list[str], rng: np.random.Genera
             mentions = encoder.lexicon.extract(toks)[: encoder.max_attrs]
         else:
             toks, mentions = parsed[k]
-        hit = corrupt_attribute(toks, mentions, encoder.lexicon, rng)
+        hit = None
+        if colour_focus > 0 and rng.random() < colour_focus:
+            hit = corrupt_attribute(toks, mentions, encoder.lexicon, rng, kind="colour")
+        if hit is None:
+            hit = corrupt_attribute(toks, mentions, encoder.lexicon, rng)
         out_titles.append(t if hit is None else hit[0])
         slots.append(-1 if hit is None else hit[1])
         new_values.append(None if hit is None else hit[2])
@@ -322,7 +423,7 @@ def train(listings: Listings, cfg: ModelConfig, out: str, opts: TrainOptions, co
     # title, as a scan with --attribute-columns presents them.
     kept = listings.take(ok)
     extras = column_attributes(kept, lexicon, columns)
-    with_columns = np.random.default_rng([opts.seed, 7]).random(len(ok)) < 0.5
+    with_columns = np.random.default_rng([opts.seed, 7]).random(len(ok)) < opts.column_fraction
     clean_all = encoder.encode(titles, [e if w else [] for e, w in zip(extras, with_columns)])
     # Each title's tokens and mentions, once: the corruptions of every epoch start from them.
     parsed = [(toks, encoder.lexicon.extract(toks)[: encoder.max_attrs]) for toks in map(encoder.tokens, titles)]
@@ -332,6 +433,8 @@ def train(listings: Listings, cfg: ModelConfig, out: str, opts: TrainOptions, co
     value_group = value_groups(lexicon).to(device)
     on_device = torch.from_numpy(pixels_u8).to(device)
     log.info("decoded %d/%d images at %dpx in %.1fs", len(ok), len(listings), size, time.time() - t0)
+    chromatic_image, chromatic_value = colourful(on_device, clean_all, lexicon, model.value_kind)
+    chromatic_value = chromatic_value.to(device)
 
     n = len(titles)
     steps_per_epoch = max(1, n // opts.batch_size)
@@ -363,12 +466,23 @@ def train(listings: Listings, cfg: ModelConfig, out: str, opts: TrainOptions, co
             clean = EncodedText(clean_all.ids[idx], clean_all.mask[idx], clean_all.attr_mask[idx],
                                 clean_all.attr_valid[idx], clean_all.attr_value[idx],
                                 [clean_all.mentions[i] for i in idx])
-            corrupt, slots = corrupt_batch(encoder, batch_titles, rng, [parsed[i] for i in idx])
-            px = normalize(augment(on_device[torch.from_numpy(idx).to(device)], gen, pad=max(2, size // 16)))
+            corrupt, slots = corrupt_batch(encoder, batch_titles, rng, [parsed[i] for i in idx], opts.colour_focus)
+            raw = augment(on_device[torch.from_numpy(idx).to(device)], gen, pad=max(2, size // 16))
+            if opts.degrade > 0:
+                raw = degrade(raw, gen, opts.degrade)
+            recoloured = None
+            if opts.recolour > 0:
+                tidx = torch.from_numpy(idx).to(device)
+                rows, target = recolour_targets(torch.from_numpy(clean.attr_value).to(device),
+                                                torch.from_numpy(clean.attr_valid).to(device), chromatic_value,
+                                                chromatic_image[tidx], len(idx) // 4)
+                angles = (2 / 3 + 2 / 3 * torch.rand(len(rows), generator=gen)) * math.pi
+                recoloured = (rows, normalize(rotate_hue(raw[rows], angles.to(device))), target)
+            px = normalize(raw)
             for g in opt.param_groups:
                 g["lr"] = lr_at(step)
             parts = losses(model, px, clean, corrupt, slots, device, opts, same_content(dup_keys[:, idx], device),
-                           value_group)
+                           value_group, recoloured)
             opt.zero_grad(set_to_none=True)
             parts["loss"].backward()
             torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], 1.0)
@@ -380,9 +494,10 @@ def train(listings: Listings, cfg: ModelConfig, out: str, opts: TrainOptions, co
             if (bi + 1) % opts.log_every == 0 or bi + 1 == steps_per_epoch:
                 rate = seen / max(1e-9, time.time() - t_epoch)
                 log.info("epoch %d step %d/%d loss %.4f (contrast %.3f attr_ce %.3f pos %.3f neg %.3f "
-                         "image %.3f) %.0f listings/s", epoch + 1, bi + 1, steps_per_epoch, sums["loss"] / (bi + 1),
-                         sums["contrast"] / (bi + 1), sums["attr_ce"] / (bi + 1), sums["pos_bce"] / (bi + 1),
-                         sums["neg_bce"] / (bi + 1), sums["image_bce"] / (bi + 1), rate)
+                         "image %.3f recolour %.3f) %.0f listings/s", epoch + 1, bi + 1, steps_per_epoch,
+                         sums["loss"] / (bi + 1), sums["contrast"] / (bi + 1), sums["attr_ce"] / (bi + 1),
+                         sums["pos_bce"] / (bi + 1), sums["neg_bce"] / (bi + 1), sums["image_bce"] / (bi + 1),
+                         sums["recolour_bce"] / (bi + 1), rate)
         record = {"epoch": epoch + 1, "planned_epochs": planned, "step": step, "seconds": round(time.time() - t_epoch, 2),
                   "listings_per_s": round(seen / max(1e-9, time.time() - t_epoch), 1),
                   **{k: round(v / steps_per_epoch, 5) for k, v in sums.items()}}
@@ -404,9 +519,52 @@ def train(listings: Listings, cfg: ModelConfig, out: str, opts: TrainOptions, co
     return ckpt
 
 
+def colourful(pixels: torch.Tensor, clean: EncodedText, lexicon: Lexicon, value_kind: torch.Tensor,
+              share: float = 0.1, agree: float = 0.5, min_count: int = 10) -> tuple[torch.Tensor, torch.Tensor]:
+    """Which training photos are colourful (at least ``share`` of their pixels chromatic)
+    and which colour values are chromatic, learnt from the data: a colour named (in a
+    title or a column) over at least ``min_count`` photos, at least ``agree`` of them
+    colourful, other than "multi". Returns ((N,) bool, (V,) bool)."""
+    image = torch.cat([chroma_share(pixels[i:i + 2048]) for i in range(0, len(pixels), 2048)]) >= share
+    colour = torch.zeros(len(value_kind), dtype=torch.bool)
+    kind = lexicon.kinds.index("colour") if "colour" in lexicon.kinds else -1
+    if kind < 0 or not len(pixels):
+        return image, colour
+    values = torch.from_numpy(clean.attr_value)[torch.from_numpy(clean.attr_valid)]
+    rows = torch.from_numpy(clean.attr_valid).nonzero()[:, 0]
+    is_colour = value_kind.cpu()[values] == kind
+    named = torch.bincount(values[is_colour], minlength=len(value_kind)).float()
+    bright = torch.bincount(values[is_colour], weights=image.cpu()[rows[is_colour]].float(),
+                            minlength=len(value_kind))
+    colour = (named >= min_count) & (bright >= agree * named)
+    for i, (k, v) in enumerate(lexicon.values):     # a hue rotation leaves a multicoloured item multicoloured
+        if k == "colour" and lexicon.group(k, v) == "multi":
+            colour[i] = False
+    log.info("chromatic colours: %s (%.0f%% of photos colourful)",
+             ", ".join(v for (k, v), c in zip(lexicon.values, colour.tolist()) if c), 100 * image.float().mean())
+    return image, colour
+
+
 def split_for_training(listings: Listings, val_fraction: float, seed: int) -> tuple[Listings, Listings]:
     """Content-based train/validation split of the clean listings."""
     clean = [i for i, k in enumerate(listings.column("mismatch_kind")) if not k]
     base = listings.take(clean)
     tr, va = content_split(base.images, val_fraction, seed)
     return base.take(tr), base.take(va)
+
+
+def split_by_reference(listings: Listings, reference: Listings, val_fraction: float,
+                       seed: int) -> tuple[Listings, Listings]:
+    """:func:`split_for_training` decided on ``reference`` (one photo folder): a listing whose
+    id the reference holds falls on that id's side, whatever its own photo's bytes (the
+    same listing in another folder never straddles the split); the others by content."""
+    ref_train, ref_val = split_for_training(reference, val_fraction, seed)
+    side = {**{i: False for i in ref_train.ids}, **{i: True for i in ref_val.ids}}
+    known = [i for i, lid in enumerate(listings.ids) if lid in side]
+    rest_train, rest_val = split_for_training(listings.take([i for i, lid in enumerate(listings.ids)
+                                                             if lid not in side]), val_fraction, seed)
+    by_ref = listings.take(known)
+    val = [i for i, lid in enumerate(by_ref.ids) if side[lid]]
+    train = [i for i, lid in enumerate(by_ref.ids) if not side[lid]]
+    from .data import concat_listings
+    return (concat_listings([by_ref.take(train), rest_train]), concat_listings([by_ref.take(val), rest_val]))

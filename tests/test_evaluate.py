@@ -69,3 +69,29 @@ def test_recall_at_fpr_never_exceeds_the_false_positive_budget():
     p1 = np.array([0.999, 0.995, 0.5])
     assert recall_at_fpr(p0, p1, 0.01) == 2 / 3            # two clean listings above the cut at most
     assert (p0 > np.sort(p0)[::-1][2]).mean() <= 0.01
+
+
+def _table_listings(table) -> Listings:
+    cols = ("base_colour", "article_type", "sub_category", "gender")
+    return Listings(table.column("listing_id").to_pylist(), table.column("title").to_pylist(),
+                    table.column("image").to_pylist(), {c: table.column(c).to_pylist() for c in cols})
+
+
+def test_photo_agreement_joins_by_id_and_compares_the_verdicts():
+    from ecomatch_model import load
+    from ecomatch_model.evaluate import photo_agreement
+    from ecomatch_model.sample import make_listings
+    matcher = load("default")
+    small = _table_listings(make_listings(48, seed=9, mismatch_rate=0.0, size=64))
+    large = _table_listings(make_listings(48, seed=9, mismatch_rate=0.0, size=160))
+    assert small.ids == large.ids and small.images != large.images     # the same listings, other photos
+    same = photo_agreement(matcher, matcher.policy, small, small)
+    assert same["unmodified"]["listings"] == 48 and same["corrupted"]["listings"] > 48
+    assert same["all"]["verdict_agreement"] == 1.0 and same["all"]["mean_abs_diff_p_violation"] == 0.0
+    # Only the ids both hold are compared; other photos move p_violation somewhat.
+    other = photo_agreement(matcher, matcher.policy, small, large.take(range(40)))
+    assert other["unmodified"]["listings"] == 40
+    assert 0 < other["all"]["mean_abs_diff_p_violation"] < 0.5
+    assert 0.5 < other["all"]["verdict_agreement"] <= 1.0
+    flagged = other["corrupted"]["flagged_a"]
+    assert 0 < flagged <= 1 and other["unmodified"]["flagged_a"] < flagged

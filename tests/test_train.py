@@ -10,8 +10,9 @@ from ecomatch_model.data import Listings, concat_listings, content_split, corrup
 from ecomatch_model.preprocess import decode_images, normalize
 from ecomatch_model.sample import make_listings
 from ecomatch_model.text import TextEncoder, words
-from ecomatch_model.train import (TrainOptions, augment, batch_order, corrupt_batch, image_swap_negatives, losses,
-                                  same_content, train, value_groups)
+from ecomatch_model.train import (TrainOptions, augment, batch_order, chroma_share, colourful, corrupt_batch, degrade,
+                                  image_swap_negatives, losses, recolour_targets, rotate_hue, same_content,
+                                  split_by_reference, train, value_groups)
 
 COLUMNS = {"base_colour": "colour", "article_type": "article_type"}
 
@@ -220,3 +221,107 @@ def test_image_swap_loss_trains_aga_and_is_logged(listings, tmp_path):
     train(listings, cfg, str(tmp_path / "on"), TrainOptions(**{**first_opts.__dict__, "image_negatives": 1.0}),
           COLUMNS, init=ckpt)
     assert all(r["image_bce"] > 0 and np.isfinite(r["loss"]) for r in _log(tmp_path / "on"))
+
+
+def _square(rgb, size=16):
+    """A square of one colour on a white frame, uint8 (1, 3, S, S)."""
+    px = torch.full((1, 3, size, size), 255, dtype=torch.uint8)
+    px[0, :, 4:12, 4:12] = torch.tensor(rgb, dtype=torch.uint8).view(3, 1, 1)
+    return px
+
+
+def test_rotate_hue_turns_colours_and_keeps_greys_and_white():
+    red = _square((200, 30, 30))
+    out = rotate_hue(red, torch.tensor([np.pi]))
+    r, g, b = out[0, :, 8, 8].tolist()
+    assert b > r and g > r, (r, g, b)                     # red turned to a cyan-like colour
+    assert out[0, :, 0, 0].tolist() == [255, 255, 255]    # the white frame is untouched
+    grey = _square((90, 90, 90))
+    assert torch.equal(rotate_hue(grey, torch.tensor([2.0])), grey)
+    assert torch.equal(rotate_hue(red, torch.tensor([0.0])), red)
+
+
+def test_chroma_share_tells_colourful_photos_from_grey_ones():
+    shares = chroma_share(torch.cat([_square((200, 30, 30)), _square((60, 60, 60)), _square((255, 255, 255))]))
+    assert shares[0] == pytest.approx(0.25) and shares[1] == 0 and shares[2] == 0
+
+
+def test_degrade_blurs_and_reencodes_only_when_drawn():
+    px = torch.zeros(8, 3, 32, 32, dtype=torch.uint8)
+    px[:, :, ::2] = 255                                    # stripes: any blur changes them
+    assert torch.equal(degrade(px, torch.Generator().manual_seed(0), 0.0), px)
+    out = degrade(px, torch.Generator().manual_seed(0), 1.0)
+    assert out.shape == px.shape and out.dtype == torch.uint8
+    assert all(not torch.equal(out[i], px[i]) for i in range(8))
+    assert torch.equal(px[:, :, ::2], torch.full_like(px[:, :, ::2], 255))   # the input is not changed in place
+
+
+def test_recolour_targets_push_only_chromatic_colour_mentions(lexicon):
+    vid = lexicon.value_id
+    rows = [[("colour", "red"), ("article_type", "tshirt")],   # colourful photo, chromatic colour: recoloured
+            [("colour", "black"), ("article_type", "shirt")],  # black is not chromatic: left alone
+            [("colour", "blue")],                              # chromatic, but a grey photo: left alone
+            [("article_type", "shorts")]]                      # no colour named
+    values = torch.zeros(4, 3, dtype=torch.long)
+    valid = torch.zeros(4, 3, dtype=torch.bool)
+    for i, row in enumerate(rows):
+        for j, kv in enumerate(row):
+            values[i, j], valid[i, j] = vid[kv], True
+    chromatic = torch.zeros(len(lexicon.values), dtype=torch.bool)
+    chromatic[vid[("colour", "red")]] = chromatic[vid[("colour", "blue")]] = True
+    image = torch.tensor([True, True, False, True])
+    got_rows, target = recolour_targets(values, valid, chromatic, image, limit=4)
+    assert got_rows.tolist() == [0]
+    assert target[0, :2].tolist() == [0.0, 1.0] and target[0, 2].isnan()
+    assert len(recolour_targets(values, valid, chromatic, image, limit=0)[0]) == 0
+
+
+def test_colourful_learns_which_colour_names_are_chromatic(lexicon, vocab):
+    enc = TextEncoder(vocab, lexicon, 16, 4)
+    titles = ["Men Red Shirt"] * 25 + ["Men Black Shirt"] * 25 + ["Men Green Shirt"] * 5
+    px = torch.cat([_square((200, 30, 30))] * 25 + [_square((20, 20, 20))] * 25 + [_square((30, 200, 30))] * 5)
+    kinds = torch.tensor([lexicon.kinds.index(k) for k, _ in lexicon.values])
+    image, colour = colourful(px, enc.encode(titles), lexicon, kinds)
+    assert image.tolist() == [True] * 25 + [False] * 25 + [True] * 5
+    chromatic = {v for (k, v), c in zip(lexicon.values, colour.tolist()) if c}
+    assert chromatic == {"red"}                 # green: too few photos to tell
+
+
+def test_colour_focus_corrupts_the_colour_mention(lexicon, vocab):
+    enc = TextEncoder(vocab, lexicon, 16, 4)
+    titles = ["Ardent Men Navy Blue Cotton T-Shirt"] * 40
+    _, slots = corrupt_batch(enc, titles, np.random.default_rng(0), colour_focus=1.0)
+    corrupted, slots_any = corrupt_batch(enc, titles, np.random.default_rng(0), colour_focus=0.0)
+    kinds = [enc.encode([t]).mentions[0][j].kind for t, j in zip(titles, slots) if j >= 0]
+    assert kinds and set(kinds) == {"colour"}
+    assert len({m.kind for m, j in zip([enc.encode([t]).mentions[0] for t in titles], slots_any) if j >= 0
+                for m in [m[j]]}) > 1
+
+
+def test_split_by_reference_keeps_a_listing_on_its_reference_side():
+    def make(prefix, ids):
+        return Listings(list(ids), ["t"] * len(ids), [f"{prefix}{i}".encode() for i in ids])
+    ids = [str(i) for i in range(200)]
+    small, large = make("small", ids), make("large", ids[:120])
+    extra = make("synthetic", ["s" + str(i) for i in range(50)])
+    train_set, val_set = split_by_reference(concat_listings([small, large, extra]), small, 0.2, 0)
+    ref_train, ref_val = (set(x.ids) for x in split_by_reference(small, small, 0.2, 0))
+    val_ids, train_ids = set(val_set.ids), set(train_set.ids)
+    assert not val_ids & train_ids
+    assert {i for i in val_ids if not i.startswith("s")} == ref_val & set(ids)
+    assert {i for i in train_ids if not i.startswith("s")} == ref_train
+    assert len(train_set) + len(val_set) == 370 and any(i.startswith("s") for i in val_ids)
+    # Photos differ between the folders, so by content alone the same id would straddle.
+    content_train, content_val = content_split(large.images, 0.2, 0)
+    assert {large.ids[i] for i in content_val} != ref_val & set(large.ids)
+
+
+def test_recolour_column_and_degrade_options_train_and_log(listings, tmp_path):
+    opts = TrainOptions(epochs=1, batch_size=32, lr=2e-3, warmup_steps=2, log_every=1000, column_fraction=1.0,
+                        colour_focus=0.5, recolour=1.0, degrade=0.5)
+    train(listings, get_config("tiny"), str(tmp_path / "on"), opts, COLUMNS)
+    log = _log(tmp_path / "on")
+    assert all(np.isfinite(r["loss"]) and r["recolour_bce"] > 0 for r in log)
+    train(listings, get_config("tiny"), str(tmp_path / "off"), TrainOptions(epochs=1, batch_size=32, lr=2e-3,
+                                                                            warmup_steps=2, log_every=1000), COLUMNS)
+    assert all(r["recolour_bce"] == 0 for r in _log(tmp_path / "off"))
