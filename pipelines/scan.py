@@ -1,7 +1,7 @@
 """The nightly violation scan: listing shards (Parquet, CSV or JSON Lines) -> violation reports.
 
     ecomatch scan --input 'shards/*.parquet' --output PREFIX [--model default|PATH]
-                  [--input-format auto|parquet|csv|jsonl]
+                  [--input-format auto|parquet|csv|jsonl] [--image-fetch-concurrency N]
                   [--calibration FILE] [--attribute-columns col=kind,...] [--skip-bad-files]
                   [--state EARLIER_PREFIX] [Beam options...]
     python -m pipelines.scan ...same arguments...
@@ -43,7 +43,8 @@ Outputs under PREFIX (full schemas in ``transforms/reports.py``):
 Each input file's format is told by its extension unless ``--input-format`` names it; CSV and
 JSON Lines files name each photo in ``image_uri`` (``transforms/listings.py``). An
 ``image_uri`` is read only under ``--image-uri-prefix`` (by default the input's own bucket or
-folder; ``transforms/sources.py``), within ``--image-fetch-timeout``.
+folder; ``transforms/sources.py``), within ``--image-fetch-timeout``; http(s) ones are fetched
+``--image-fetch-concurrency`` at a time per worker, with retries on 429 and 5xx answers.
 
 A rerun to the same PREFIX replaces the previous outputs. Before any work the job checks
 the model, the calibration file, the attribute-column mapping, every input file's schema
@@ -77,7 +78,7 @@ from ecomatch_model.checkpoint import CheckpointError
 from ecomatch_model.data import parse_attribute_columns
 from ecomatch_model.verdict import CalibrationError, Policy, describe, read_policy_file
 
-from transforms.decode import DecodeListings, ListingDecoder
+from transforms.decode import DEFAULT_FETCH_CONCURRENCY, DecodeListings, ListingDecoder
 from transforms.errors import redact
 from transforms.flag import FlagViolations
 from transforms.html_report import DEFAULT_TOP, WriteHtmlReport
@@ -157,7 +158,10 @@ def build_parser() -> argparse.ArgumentParser:
                    "(default: the input's own bucket, or a local input's folder); see docs/RELIABILITY.md")
     p.add_argument("--image-fetch-timeout", type=float, default=FetchLimits.deadline, metavar="SECONDS",
                    help="the most time fetching one listing's image_uri may take, redirects included; connecting "
-                        "and each read time out sooner (default: %(default)s)")
+                        "and each read time out sooner; an answer of 429 or 5xx, or a reset connection, is tried up "
+                        f"to {FetchLimits.attempts} times within it (default: %(default)s)")
+    p.add_argument("--image-fetch-concurrency", type=int, default=DEFAULT_FETCH_CONCURRENCY, metavar="N",
+                   help="http(s) image_uri fetches in flight at once per worker process (default: %(default)s)")
     return p
 
 
@@ -275,6 +279,8 @@ def run(argv: Sequence[str] | None = None, save_main_session: bool = True,
         raise ScanConfigError("--state must be an earlier run's prefix, not --output (its reports are replaced)")
     if not args.image_fetch_timeout > 0:
         raise ScanConfigError("--image-fetch-timeout must be above 0")
+    if args.image_fetch_concurrency < 1:
+        raise ScanConfigError("--image-fetch-concurrency must be at least 1")
     try:
         sources = ImageSources.for_scan(args.input, [p for v in args.image_uri_prefix for p in v.split()],
                                         FetchLimits.within(args.image_fetch_timeout))
@@ -326,9 +332,10 @@ def run(argv: Sequence[str] | None = None, save_main_session: bool = True,
     else:
         listings, failures = pipeline | "ReadListings" >> read, []
     decoder = ListingDecoder.from_matcher(matcher, columns, sources=sources, carry_columns=carry)
-    changed, carried, removed = (listings | "CarryForward" >> CarryForward(previous, decoder, seller_column) if previous
-                                 else (listings, None, None))
-    decoded, decode_errors = changed | "DecodeListings" >> DecodeListings(decoder)
+    fetches = args.image_fetch_concurrency
+    changed, carried, removed = (listings | "CarryForward" >> CarryForward(previous, decoder, seller_column, fetches)
+                                 if previous else (listings, None, None))
+    decoded, decode_errors = changed | "DecodeListings" >> DecodeListings(decoder, fetches)
     handler = EcomatchModelHandler(args.model, args.batch_size, args.model_copies,
                                    args.torch_threads or local_worker_threads(options), device=args.device,
                                    precision=args.precision, compile=args.compile)
