@@ -122,6 +122,14 @@ def test_the_first_json_lines_are_checked_up_front_naming_file_and_column(tmp_pa
     assert str(err.value).startswith(f"{path}: {message}")
 
 
+def test_an_empty_json_lines_file_holds_no_listing_and_lines_of_empty_objects_are_refused(tmp_path: Path):
+    empty = write(tmp_path / "a.jsonl", b"\n  \n")
+    assert (survey_input(empty, []).columns, file_row_groups(empty, [])) == ([], [])
+    objects = write(tmp_path / "b.jsonl", b"{}\n{}\n")
+    with pytest.raises(InputSchemaError, match=r"b\.jsonl: missing required column 'listing_id'"):
+        survey_input(objects, [])
+
+
 def test_json_lines_read_strings_and_ignore_other_fields(tmp_path: Path):
     rows = [{"listing_id": "00123", "title": "Red Shirt", "image_uri": "a.png", "base_colour": "Red",
              "price": 12.5, "tags": ["a"], "seller": {"id": 3}},

@@ -285,22 +285,24 @@ def _json_kind(t: pa.DataType) -> str | None:
     return "an array" if pa.types.is_list(t) or pa.types.is_large_list(t) else "a number"
 
 
-def jsonl_head(path: str, attribute_columns: Sequence[str] = ()) -> list[str]:
+def jsonl_head(path: str, attribute_columns: Sequence[str] = ()) -> list[str] | None:
     """The columns of a JSON Lines file: the keys of the objects on its first lines (up to
     ``HEAD_BYTES``); raises :class:`InputSchemaError` naming the file when none of them is a
     JSON object, or when a column to read there never holds a string but does hold something
-    else (a number, say). An empty file has no columns."""
+    else (a number, say). None for a file without a line (empty, or blank lines only): it
+    holds no listing, and an export's empty part is no error."""
     wanted = {*REQUIRED_COLUMNS, *IMAGE_COLUMNS, *attribute_columns}
     names: dict[str, None] = {}
     kinds: dict[str, tuple[int, str]] = {}      # column -> the first line and kind of a value that is no string
     strings: set[str] = set()
-    first_error, parsed = "", 0
+    first_error, parsed, lines = "", 0, 0
     try:
         with _open(path, "jsonl") as f:
             for number, offset, line in _lines(f, path):
                 line = _text_line(number, line)
                 if not line.strip(_BLANK):
                     continue
+                lines += 1
                 table = _json_parse(number, line)
                 if isinstance(table, str):
                     first_error = first_error or table
@@ -323,7 +325,7 @@ def jsonl_head(path: str, attribute_columns: Sequence[str] = ()) -> list[str]:
         if name in wanted and name not in strings:
             raise InputSchemaError(f"{path}: column {name!r} holds {kind} (line {number}), expected a string: "
                                    "in JSON Lines every column read is a JSON string (\"00123\")")
-    return list(names)
+    return list(names) if lines else None
 
 
 def file_columns(path: str, fmt: str, attribute_columns: Sequence[str]) -> tuple[list[str], int | None]:
@@ -333,7 +335,7 @@ def file_columns(path: str, fmt: str, attribute_columns: Sequence[str]) -> tuple
         footer = read_footer(path)
         return check_schema(path, footer.schema.to_arrow_schema(), attribute_columns), footer.num_rows
     names = csv_header(path) if fmt == "csv" else jsonl_head(path, attribute_columns)
-    return check_text_schema(path, names, attribute_columns, fmt), None
+    return ([] if names is None else check_text_schema(path, names, attribute_columns, fmt)), None
 
 
 @dataclass(frozen=True)
@@ -481,7 +483,10 @@ def _jsonl_blocks(path: str, attribute_columns: Sequence[str], block_rows: int) 
     """A JSON Lines file's blocks of ``block_rows`` non-blank lines, after its head's check.
     A JSON value never holds a raw newline, so every line is a row and a block is a byte
     range: found by counting lines, without parsing."""
-    check_text_schema(path, jsonl_head(path, attribute_columns), attribute_columns, "jsonl")
+    names = jsonl_head(path, attribute_columns)
+    if names is None:
+        return []
+    check_text_schema(path, names, attribute_columns, "jsonl")
     spans: list[tuple[int, int, int, int]] = []         # offset, end, first line, rows
     start, first, rows = -1, 0, 0
     try:
