@@ -48,7 +48,8 @@ GPU_OPTIONS = {
 
 # Template parameters (infra/metadata.json) whose name is not the scan option's: Dataflow passes
 # each as --name=value, so a flag comes as "true"/"false" and a repeatable option as one list.
-RENAMED = {"attribute_columns": "--attribute-columns", "carry_columns": "--carry-columns"}
+RENAMED = {"attribute_columns": "--attribute-columns", "carry_columns": "--carry-columns",
+           "input_format": "--input-format", "image_fetch_concurrency": "--image-fetch-concurrency"}
 FLAGS = {"skip_bad_files": "--skip-bad-files"}                    # "true" -> the flag, "false" -> nothing
 LISTS = {"image_uri_prefix": "--image-uri-prefix"}                # "a b" -> one option per item
 

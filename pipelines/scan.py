@@ -1,6 +1,7 @@
-"""The nightly violation scan: Parquet listing shards -> violation reports.
+"""The nightly violation scan: listing shards (Parquet, CSV or JSON Lines) -> violation reports.
 
     ecomatch scan --input 'shards/*.parquet' --output PREFIX [--model default|PATH]
+                  [--input-format auto|parquet|csv|jsonl] [--image-fetch-concurrency N]
                   [--calibration FILE] [--attribute-columns col=kind,...] [--skip-bad-files]
                   [--state EARLIER_PREFIX] [Beam options...]
     python -m pipelines.scan ...same arguments...
@@ -39,15 +40,18 @@ Outputs under PREFIX (full schemas in ``transforms/reports.py``):
   ``summary.json`` is final: the ``--report-top`` most severe violations with attention
   heatmaps (``transforms/html_report.py``).
 
-An ``image_uri`` is read only under ``--image-uri-prefix`` (by default the input's own
-bucket or folder; ``transforms/sources.py``), within ``--image-fetch-timeout``.
+Each input file's format is told by its extension unless ``--input-format`` names it; CSV and
+JSON Lines files name each photo in ``image_uri`` (``transforms/listings.py``). An
+``image_uri`` is read only under ``--image-uri-prefix`` (by default the input's own bucket or
+folder; ``transforms/sources.py``), within ``--image-fetch-timeout``; http(s) ones are fetched
+``--image-fetch-concurrency`` at a time per worker, with retries on 429 and 5xx answers.
 
 A rerun to the same PREFIX replaces the previous outputs. Before any work the job checks
 the model, the calibration file, the attribute-column mapping, every input file's schema
 and that PREFIX can be written, and stops with a message naming what is wrong; a row
-group that turns out unreadable while the job runs stops it too, naming the file. With ``--skip-bad-files``
-such files and row groups are reported in ``errors/`` instead (stage ``read``) and the
-rest is scanned. Guarantees, limits and their tests: ``docs/RELIABILITY.md``.
+group or text block that turns out unreadable while the job runs stops it too, naming the
+file. With ``--skip-bad-files`` such files, row groups and blocks are reported in
+``errors/`` instead (stage ``read``) and the rest is scanned. Guarantees, limits and their tests: ``docs/RELIABILITY.md``.
 """
 from __future__ import annotations
 
@@ -74,11 +78,11 @@ from ecomatch_model.checkpoint import CheckpointError
 from ecomatch_model.data import parse_attribute_columns
 from ecomatch_model.verdict import CalibrationError, Policy, describe, read_policy_file
 
-from transforms.decode import DecodeListings, ListingDecoder
+from transforms.decode import DEFAULT_FETCH_CONCURRENCY, DecodeListings, ListingDecoder
 from transforms.errors import redact
 from transforms.flag import FlagViolations
 from transforms.html_report import DEFAULT_TOP, WriteHtmlReport
-from transforms.listings import InputSchemaError, ReadListings, UnreadableInputError, survey_input
+from transforms.listings import INPUT_FORMATS, InputSchemaError, ReadListings, UnreadableInputError, survey_input
 from transforms.progress import TrackProgress
 from transforms.reports import (ERRORS, REMOVED, REPORT, SCORES, SUMMARY, VIOLATIONS, VIOLATIONS_SCHEMA, ScanInfo,
                                 WriteReports, check_writable, claim_prefix, clear_outputs, new_run_id, read_summary)
@@ -100,7 +104,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="ecomatch scan", description="Flag listings whose photo contradicts their text. Arguments not "
         "listed here are Beam pipeline options (--runner, --direct_num_workers, --project, ...).")
-    p.add_argument("--input", required=True, help="Parquet shards: a glob, local or gs://")
+    p.add_argument("--input", required=True, help="listing shards: a glob, local or gs://")
+    p.add_argument("--input-format", default="auto", choices=INPUT_FORMATS,
+                   help="the shards' format (default: %(default)s, by extension: .parquet/.pq, .csv, "
+                        ".jsonl/.ndjson/.json, a text one optionally compressed, e.g. .csv.gz); CSV and JSON "
+                        "Lines name the photo in image_uri"),
     p.add_argument("--output", required=True, help="report prefix, local or gs://; previous reports there are "
                                                    "replaced")
     p.add_argument("--model", default="default",
@@ -122,8 +130,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "flip a verdict near a threshold, so use fp32 to reproduce CPU verdicts exactly)")
     p.add_argument("--compile", action="store_true", help="run the model through torch.compile on the workers")
     p.add_argument("--skip-bad-files", action="store_true",
-                   help="report an input file that is not Parquet or has the wrong schema, or a row group that "
-                        "cannot be read, in errors/ and scan the rest (default: stop the job, naming the file)")
+                   help="report an input file that cannot be read as its format or has the wrong schema, or a row "
+                        "group or text block that cannot be read, in errors/ and scan the rest (default: stop the "
+                        "job, naming the file)")
     p.add_argument("--torch-threads", type=int, default=None,
                    help="torch CPU threads per worker process (default: cores / --direct_num_workers for a "
                         "local multi-process run, else torch's own default)")
@@ -149,7 +158,10 @@ def build_parser() -> argparse.ArgumentParser:
                    "(default: the input's own bucket, or a local input's folder); see docs/RELIABILITY.md")
     p.add_argument("--image-fetch-timeout", type=float, default=FetchLimits.deadline, metavar="SECONDS",
                    help="the most time fetching one listing's image_uri may take, redirects included; connecting "
-                        "and each read time out sooner (default: %(default)s)")
+                        "and each read time out sooner; an answer of 429 or 5xx, or a reset connection, is tried up "
+                        f"to {FetchLimits.attempts} times within it (default: %(default)s)")
+    p.add_argument("--image-fetch-concurrency", type=int, default=DEFAULT_FETCH_CONCURRENCY, metavar="N",
+                   help="http(s) image_uri fetches in flight at once per worker process (default: %(default)s)")
     return p
 
 
@@ -267,6 +279,8 @@ def run(argv: Sequence[str] | None = None, save_main_session: bool = True,
         raise ScanConfigError("--state must be an earlier run's prefix, not --output (its reports are replaced)")
     if not args.image_fetch_timeout > 0:
         raise ScanConfigError("--image-fetch-timeout must be above 0")
+    if args.image_fetch_concurrency < 1:
+        raise ScanConfigError("--image-fetch-concurrency must be at least 1")
     try:
         sources = ImageSources.for_scan(args.input, [p for v in args.image_uri_prefix for p in v.split()],
                                         FetchLimits.within(args.image_fetch_timeout))
@@ -285,7 +299,7 @@ def run(argv: Sequence[str] | None = None, save_main_session: bool = True,
     carry, seller_column = carry_columns(args.carry_columns, args.seller_column)
     # Carried columns are read and type-checked as optional string columns, like attribute columns.
     optional = [*columns, *(c for c in carry if c not in columns)]
-    survey = survey_input(args.input, optional, strict=not args.skip_bad_files)
+    survey = survey_input(args.input, optional, strict=not args.skip_bad_files, input_format=args.input_format)
     files, read_columns = survey.files, survey.columns
     missing = [c for c in carry if c not in read_columns]
     if missing:
@@ -299,9 +313,10 @@ def run(argv: Sequence[str] | None = None, save_main_session: bool = True,
                     list(matcher.lexicon.kinds), _runner_name(pipeline.options if test_pipeline else options, pipeline),
                     state=previous.prefix if previous else None, run_id=new_run_id(),
                     carry_columns=carry, seller_column=seller_column)
-    log.info("scanning %d listings in %d file(s) matching %s (columns %s) with model %s (sha256 %s) into %s; "
-             "image_uri under %s", survey.rows, len(files), redact(args.input), ", ".join(read_columns),
-             redact(args.model), matcher.sha256[:12], redact(args.output), redact(" ".join(sources.prefixes)))
+    log.info("scanning %s listings in %d file(s) matching %s (columns %s) with model %s (sha256 %s) into %s; "
+             "image_uri under %s", "the" if survey.rows is None else survey.rows, len(files), redact(args.input),
+             ", ".join(read_columns), redact(args.model), matcher.sha256[:12], redact(args.output),
+             redact(" ".join(sources.prefixes)))
     try:
         check_writable(args.output)     # the last check before any work: it creates the prefix
     except OSError as exc:
@@ -310,16 +325,17 @@ def run(argv: Sequence[str] | None = None, save_main_session: bool = True,
     claim_prefix(args.output, info.run_id)     # a run that claimed it earlier and still runs will fail
 
     # The files found bad above go to the reader too: it reports them, with any found bad later.
-    read = ReadListings([*files, *survey.bad], read_columns, optional)
+    read = ReadListings([*files, *survey.bad], read_columns, optional, args.input_format)
     if args.skip_bad_files:
         listings, read_errors = pipeline | "ReadListings" >> read.with_exception_handling()
         failures = [read_errors]
     else:
         listings, failures = pipeline | "ReadListings" >> read, []
     decoder = ListingDecoder.from_matcher(matcher, columns, sources=sources, carry_columns=carry)
-    changed, carried, removed = (listings | "CarryForward" >> CarryForward(previous, decoder, seller_column) if previous
-                                 else (listings, None, None))
-    decoded, decode_errors = changed | "DecodeListings" >> DecodeListings(decoder)
+    fetches = args.image_fetch_concurrency
+    changed, carried, removed = (listings | "CarryForward" >> CarryForward(previous, decoder, seller_column, fetches)
+                                 if previous else (listings, None, None))
+    decoded, decode_errors = changed | "DecodeListings" >> DecodeListings(decoder, fetches)
     handler = EcomatchModelHandler(args.model, args.batch_size, args.model_copies,
                                    args.torch_threads or local_worker_threads(options), device=args.device,
                                    precision=args.precision, compile=args.compile)
@@ -336,7 +352,7 @@ def run(argv: Sequence[str] | None = None, save_main_session: bool = True,
     # A step of the job, like summary.json, so that a launcher that does not wait (a template
     # launch) leaves nothing undone: it runs once summary.json is written.
     _ = summary | "WriteHtmlReport" >> WriteHtmlReport(args.output, args.model, policy, decoder, files,
-                                                       read_columns, args.report_top)
+                                                       read_columns, args.report_top, args.input_format)
 
     result = pipeline.run()
     if pipeline.options.view_as(GoogleCloudOptions).template_location:

@@ -1,6 +1,7 @@
 """Shared helpers and fixtures for the pipeline tests: small listing shards, a saved tiny
-model, TestPipelines on Beam's in-process FnApiRunner, and a real local GCS server
-(gcp-storage-emulator on 127.0.0.1). Nothing is downloaded and nothing leaves loopback."""
+model, TestPipelines on Beam's in-process FnApiRunner, an HTTP server in the test's process
+and a real local GCS server (gcp-storage-emulator on 127.0.0.1). Nothing is downloaded and
+nothing leaves loopback."""
 from __future__ import annotations
 
 import contextlib
@@ -8,7 +9,9 @@ import io
 import socket
 import subprocess
 import sys
+import threading
 import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
@@ -83,6 +86,46 @@ def model_dir_fixture(tiny_ckpt: Checkpoint, tmp_path: Path) -> str:
     path = tmp_path / "model"
     save(tiny_ckpt, str(path))
     return str(path)
+
+
+class Server:
+    """A loopback HTTP server whose GET handler is ``route(handler)``; counts requests."""
+
+    def __init__(self, route: Callable[[BaseHTTPRequestHandler], None]):
+        self.requests: list[str] = []
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                outer.requests.append(self.path)
+                route(self)
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self._http = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._http.daemon_threads = True
+        self.port = self._http.server_port
+        self.url = f"http://127.0.0.1:{self.port}"
+
+    def __enter__(self) -> "Server":
+        threading.Thread(target=self._http.serve_forever, daemon=True).start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._http.shutdown()
+        self._http.server_close()
+
+
+def send(body: bytes, status: int = 200, headers: dict[str, str] | None = None):
+    """A route that answers ``status`` with ``headers`` and ``body``."""
+    def route(h: BaseHTTPRequestHandler) -> None:
+        h.send_response(status)
+        for k, v in {"Content-Length": str(len(body)), **(headers or {})}.items():
+            h.send_header(k, v)
+        h.end_headers()
+        h.wfile.write(body)
+    return route
 
 
 BUCKET = "ecomatch-test"

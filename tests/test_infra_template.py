@@ -27,7 +27,9 @@ DAY = dt.date(2026, 11, 26)
 
 GOOD = {
     "input": ["gs://catalogue/listings/*.parquet", "gs://my-shop.example_1/export/{date}/part-0001.parquet",
-              "gs://abc/x"],
+              "gs://abc/x", "gs://catalogue/export/{date}/*.csv.gz", "gs://catalogue/feed.jsonl"],
+    "input_format": ["auto", "parquet", "csv", "jsonl"],
+    "image_fetch_concurrency": ["1", "16", "128"],
     "output": ["gs://reports/scan/{date}", "gs://reports/scan/2026-11-26/", "gs://a-b/c"],
     "model": ["default", "gs://models/ecomatch/base-v2", "gs://models/ecomatch/base-v2/"],
     "calibration": ["gs://models/ecomatch/calibration.json", "gs://cfg/{date}/t.json"],
@@ -49,6 +51,8 @@ BAD = {
     "attribute_columns": ["", "base_colour", "base_colour=", "=colour", "a=colour,", "a=colour b=pattern",
                           "a=Colour"],
     "skip_bad_files": ["", "yes", "True", "1", "true "],
+    "input_format": ["", "CSV", "json", "ndjson", "tsv", "csv "],
+    "image_fetch_concurrency": ["", "0", "-1", "016", "1000", "1.5", "many"],
     "carry_columns": ["", "seller_id,", ",seller_id", "seller_id,,url", "seller id", "1seller"],
     "image_uri_prefix": ["", "gs://imgs", "http://cdn.example.com/", "https://user:pw@cdn.example.com/",
                          "/etc/", "file:///", "data:", "https://cdn.example.com", "gs://imgs/ /tmp/",
@@ -94,9 +98,12 @@ def test_template_defaults_pass_their_regexes():
     default the console would refuse, like MODEL=base once, cannot be typed back in)."""
     defaults = {a.dest: a.default for a in build_parser()._actions}
     written = {"model": defaults["model"], "skip_bad_files": str(defaults["skip_bad_files"]).lower(),
-               "attribute_columns": ",".join(f"{c}={k}" for c, k in DEFAULT_ATTRIBUTE_COLUMNS.items())}
+               "attribute_columns": ",".join(f"{c}={k}" for c, k in DEFAULT_ATTRIBUTE_COLUMNS.items()),
+               "input_format": defaults["input_format"],
+               "image_fetch_concurrency": str(defaults["image_fetch_concurrency"])}
     assert written["model"] == "default" and [n for n, v in written.items() if not accepts(n, v)] == []
-    assert f"Default: {written['model']}." in PARAMS["model"]["helpText"]
+    for name in ("model", "input_format", "image_fetch_concurrency"):
+        assert f"Default: {written[name]}." in PARAMS[name]["helpText"], name
     assert f"Default: {written['attribute_columns']};" in PARAMS["attribute_columns"]["helpText"]
 
 
@@ -111,14 +118,15 @@ def test_launcher_writes_template_parameters_as_scan_options():
     argv = launch.template_args(["--input=gs://c/x.parquet", "--attribute_columns=colour_name=colour",
                                  "--carry_columns=seller_id,product_url", "--skip_bad_files=true",
                                  "--image_uri_prefix=gs://img/ https://cdn.example.com/",
-                                 "--max_num_workers=3"])
+                                 "--input_format=csv", "--image_fetch_concurrency=8", "--max_num_workers=3"])
     assert argv == ["--input=gs://c/x.parquet", "--attribute-columns=colour_name=colour",
                     "--carry-columns=seller_id,product_url", "--skip-bad-files",
                     "--image-uri-prefix=gs://img/", "--image-uri-prefix=https://cdn.example.com/",
-                    "--max_num_workers=3"]
+                    "--input-format=csv", "--image-fetch-concurrency=8", "--max_num_workers=3"]
     args, rest = build_parser().parse_known_args(["--output=gs://r/x", *argv])
     assert (args.attribute_columns, args.carry_columns, args.skip_bad_files, rest) == (
         "colour_name=colour", "seller_id,product_url", True, ["--max_num_workers=3"])
+    assert (args.input_format, args.image_fetch_concurrency) == ("csv", 8)
     assert args.image_uri_prefix == ["gs://img/", "https://cdn.example.com/"]
     assert "--skip-bad-files" not in launch.template_args(["--skip_bad_files=false"])
     with pytest.raises(SystemExit, match="true or false"):

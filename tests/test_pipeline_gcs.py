@@ -1,21 +1,26 @@
 """The scan against object storage: a real local GCS server (gcp-storage-emulator) on
-127.0.0.1, gs:// input and output through Beam's GCS filesystem, an image_uri read through
-fsspec/gcsfs, and the reports read back through gcsfs. Nothing leaves loopback."""
+127.0.0.1, gs:// input (Parquet, CSV, JSON Lines) and output through Beam's GCS filesystem,
+an image_uri read through fsspec/gcsfs, and the reports read back through gcsfs. Nothing
+leaves loopback."""
 from __future__ import annotations
 
+import gzip
 import io
 import json
 import time
 from pathlib import Path
 
+import apache_beam as beam
 import fsspec
 import gcsfs
 import pyarrow.parquet as pq
 from apache_beam.io.filesystems import FileSystems
-from pipeline_fixtures import BUCKET, image, listings_table
+from apache_beam.testing.util import assert_that, equal_to
+from pipeline_fixtures import BUCKET, fn_api_pipeline, image, listings_table
 from pipeline_fixtures import emulator, gcs, model_dir_fixture  # noqa: F401 (fixtures)
 
 from ecomatch_model.sample import make_listings
+from transforms.listings import ReadListings, survey_input
 from transforms.reports import ERRORS_SCHEMA, SCORES_SCHEMA, VIOLATIONS_SCHEMA
 from transforms.storage import EMULATOR_ENV, use_storage_emulator
 
@@ -72,3 +77,19 @@ def test_scan_reads_and_writes_gcs(gcs: gcsfs.GCSFileSystem, model_dir: str, tmp
     assert summary["files"]["scores"] == ["scores/" + p.rsplit("/", 1)[1]
                                           for p in sorted(gcs.glob(f"{BUCKET}/out/scores/*.parquet"))]
     assert not gcs.exists(f"{BUCKET}/out/scores/part-00000-of-00009.parquet")
+
+
+def test_text_inputs_are_read_from_gcs(gcs: gcsfs.GCSFileSystem):
+    gcs.pipe(f"{BUCKET}/text/a.csv", b"listing_id,title,image_uri\n00123,Red Shirt,gs://b/a.png\n2,Blue,Dress,x\n")
+    gcs.pipe(f"{BUCKET}/text/b.jsonl.gz", gzip.compress(
+        b'{"listing_id": "j1", "title": "Red Shirt", "image_uri": "gs://b/j1.png"}\n'
+        b'{"listing_id": "j2", "title": "Blue Dress", "image_uri": "gs://b/j2.png"}\n'))
+    use_storage_emulator()
+    survey = survey_input(f"gs://{BUCKET}/text/*", [])
+    assert survey.files == [f"gs://{BUCKET}/text/a.csv", f"gs://{BUCKET}/text/b.jsonl.gz"]
+    with fn_api_pipeline() as p:
+        out = p | ReadListings(survey.files, survey.columns, [], block_rows=1)
+        assert_that(out | beam.Map(lambda r: (r.source.rsplit("/", 1)[1], r.listing_id, r.image_uri, bool(r.invalid))),
+                    equal_to([("a.csv", "00123", "gs://b/a.png", False), ("a.csv", None, None, True),
+                              ("b.jsonl.gz", "j1", "gs://b/j1.png", False),
+                              ("b.jsonl.gz", "j2", "gs://b/j2.png", False)]))

@@ -16,8 +16,8 @@ from apache_beam.utils import counters
 from hostile import corrupt_page
 from pipeline_fixtures import ATTRS, fn_api_pipeline, image, listings_table, write_table
 
-from transforms.listings import (InputSchemaError, RawListing, ReadListings, check_schema, file_row_groups,
-                                 read_and_count, read_row_group, survey_input, to_raw_listing)
+from transforms.listings import (InputFormatError, InputSchemaError, RawListing, ReadListings, check_schema,
+                                 file_row_groups, read_and_count, read_row_group, survey_input, to_raw_listing)
 
 
 def test_check_schema_reads_present_columns_only():
@@ -58,7 +58,11 @@ def test_survey_input_stops_at_the_bad_file(tmp_path: Path):
         survey_input(str(tmp_path / "*.parquet"), list(ATTRS))
     (tmp_path / "c.txt").write_text("not parquet")
     with pytest.raises(InputSchemaError, match=r"c\.txt: not a readable Parquet file"):
-        survey_input(str(tmp_path / "c.txt"), list(ATTRS))
+        survey_input(str(tmp_path / "c.txt"), list(ATTRS), input_format="parquet")
+    # By extension (the default), a name that says no format is a configuration error, even
+    # when bad files are skipped.
+    with pytest.raises(InputFormatError, match=r"c\.txt: cannot tell the input format .*--input-format"):
+        survey_input(str(tmp_path / "*"), list(ATTRS), strict=False)
     with pytest.raises(InputSchemaError, match="no files match"):
         survey_input(str(tmp_path / "none-*.parquet"), list(ATTRS))
 

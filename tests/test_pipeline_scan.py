@@ -105,6 +105,7 @@ def test_bad_schema_fails_fast_naming_file_and_column(tmp_path: Path, model_dir,
     (["--attribute-columns", "base_colour=hue"], "--attribute-columns: unknown kind(s) hue"),
     (["--model", "no-such-model"], "no model at 'no-such-model'"),
     (["--batch-size", "0"], "--batch-size and --model-copies must be at least 1"),
+    (["--image-fetch-concurrency", "0"], "--image-fetch-concurrency must be at least 1"),
 ])
 def test_bad_arguments_fail_fast(tmp_path: Path, model_dir, capsys, args, message):
     write_table(tmp_path / "a.parquet", listings_table([{"listing_id": "1", "title": "t", "image": b"x"}]))

@@ -7,14 +7,13 @@ from __future__ import annotations
 import ipaddress
 import os
 import socket
-import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Iterator
 
 import pytest
-from pipeline_fixtures import image
+from pipeline_fixtures import Server, image, send
 from pipeline_fixtures import matcher_fixture  # noqa: F401 (fixtures)
 
 import transforms.sources as sources
@@ -25,45 +24,6 @@ from transforms.sources import (FetchLimits, ImageFetchTimeoutError, ImageSource
 
 PNG = image("PNG")
 FAST = FetchLimits(connect_timeout=1.0, read_timeout=1.0, deadline=2.0)
-
-
-class Server:
-    """A loopback HTTP server whose GET handler is ``route(handler)``; counts requests."""
-
-    def __init__(self, route: Callable[[BaseHTTPRequestHandler], None]):
-        self.requests: list[str] = []
-        outer = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:
-                outer.requests.append(self.path)
-                route(self)
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        self._http = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._http.daemon_threads = True
-        self.port = self._http.server_port
-        self.url = f"http://127.0.0.1:{self.port}"
-
-    def __enter__(self) -> "Server":
-        threading.Thread(target=self._http.serve_forever, daemon=True).start()
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self._http.shutdown()
-        self._http.server_close()
-
-
-def send(body: bytes, status: int = 200, headers: dict[str, str] | None = None):
-    def route(h: BaseHTTPRequestHandler) -> None:
-        h.send_response(status)
-        for k, v in {"Content-Length": str(len(body)), **(headers or {})}.items():
-            h.send_header(k, v)
-        h.end_headers()
-        h.wfile.write(body)
-    return route
 
 
 @pytest.fixture()

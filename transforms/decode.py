@@ -2,8 +2,14 @@
 tokenize the title and find its attributes, all as fixed-shape arrays per listing.
 
 Rows that cannot be used (no id, no title, no image, an unreadable or unsupported image,
-a title or image over its cap in :class:`InputLimits`) raise here and leave through
-``.with_exception_handling()`` as error records; nothing broken reaches ``RunInference``.
+a title or image over its cap in :class:`InputLimits`) raise here and leave as error
+records; nothing broken reaches ``RunInference``.
+
+Images at http(s) URLs are fetched concurrently (:class:`FetchingFn`): up to
+``--image-fetch-concurrency`` fetches in flight per worker process, in a thread pool, while
+the DoFn's own thread decodes each image as its fetch completes (one at a time, so a
+worker's decoding memory stays that of one image at the pixel cap). Other listings (inline
+bytes, local or ``gs://`` paths) are decoded as they come.
 
 ``content_hash`` is the sha256 of, in order and each prefixed by its byte length: the
 model's weights sha256, the title (UTF-8), the structured attributes used (``kind=value``
@@ -12,20 +18,27 @@ lines, sorted) and the image bytes. Equal hashes mean the model saw the same inp
 from __future__ import annotations
 
 import hashlib
+import threading
+import traceback
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
-from typing import Mapping, Sequence
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import apache_beam as beam
 import numpy as np
+from apache_beam.pvalue import TaggedOutput
+from apache_beam.utils.windowed_value import WindowedValue
 from ecomatch_model.api import Matcher
 from ecomatch_model.preprocess import DEFAULT_MAX_PIXELS, to_uint8
 from ecomatch_model.text import Mention, TextEncoder
 
 from .errors import ErrorRecord, dead_letter_errors, redact
 from .listings import RawListing
-from .sources import ImageSources, SourceOverCapError, shown
+from .sources import ImageSources, SourceOverCapError, scheme, shown
 
 MAX_IMAGE_BYTES = 50 * 1024 * 1024
+DEFAULT_FETCH_CONCURRENCY = 16
+ERROR_TAG = "errors"     # DecodeListings' output of error records
 MAX_TITLE_CHARS = 4096
 _MAGIC = ((b"\xff\xd8\xff", "JPEG"), (b"\x89PNG\r\n\x1a\n", "PNG"), (b"GIF87a", "GIF"), (b"GIF89a", "GIF"))
 
@@ -215,15 +228,138 @@ class ListingDecoder:
                               mentions, origins, enc.tokens[0], self.context(raw))
 
 
-class DecodeListings(beam.PTransform):
-    """RawListing -> (DecodedListing, ErrorRecord) PCollections; each row lands in exactly one."""
+def fetched_over_http(raw: RawListing) -> bool:
+    """Whether the listing's image is fetched from an http(s) URL (no inline image): the
+    fetches worth overlapping, as a slow image server is what a worker waits on."""
+    return not raw.image and bool(raw.image_uri) and scheme(raw.image_uri) in ("http", "https")
 
-    def __init__(self, decoder: ListingDecoder):
+
+_pools: dict[int, ThreadPoolExecutor] = {}
+_pools_lock = threading.Lock()
+
+
+def fetch_pool(workers: int) -> ThreadPoolExecutor:
+    """This process's pool of ``workers`` fetch threads, shared by every DoFn instance in it:
+    a runner may run several bundles at once, and the bound holds for all of them."""
+    with _pools_lock:
+        if workers not in _pools:
+            _pools[workers] = ThreadPoolExecutor(workers, thread_name_prefix="ecomatch-image-fetch")
+        return _pools[workers]
+
+
+def dead_letter(raw: RawListing, exc: BaseException) -> tuple[RawListing, tuple[type, str, list[str]]]:
+    """``(raw, (type, repr, traceback))`` for ``exc``, as ``with_exception_handling`` makes
+    them, so an error record reads the same whichever thread raised it."""
+    return raw, (type(exc), repr(exc), traceback.format_exception(type(exc), exc, exc.__traceback__))
+
+
+class FetchingFn(beam.DoFn):
+    """A DoFn over :class:`RawListing` that fetches http(s) images ``concurrency`` at a time.
+
+    For each listing :meth:`early` may finish it without its image; otherwise the image is
+    fetched (``decoder.image``: the allow-list, the caps, the timeouts and retries) and
+    :meth:`finish` gets the bytes or the exception. An http(s) fetch runs in the process's
+    fetch pool: at most ``concurrency`` of this DoFn's fetches are in flight, and a listing is
+    finished, in this thread, once its fetch completes, in whatever order they complete (a
+    PCollection has none; waiting for the oldest would hold the rest behind one slow server).
+    What is still in flight when the bundle ends is finished in ``finish_bundle``. Other
+    listings, and all with ``concurrency`` 1, are fetched and finished as they come.
+    """
+
+    def __init__(self, decoder: ListingDecoder, concurrency: int = DEFAULT_FETCH_CONCURRENCY):
+        if concurrency < 1:
+            raise ValueError(f"the image fetch concurrency must be at least 1, got {concurrency}")
+        self._decoder, self._concurrency = decoder, concurrency
+        self._pool: ThreadPoolExecutor | None = None
+        self._pending: dict[Future, tuple[RawListing, Any, Any]] = {}
+
+    def early(self, raw: RawListing) -> list | None:
+        """The outputs of a listing done without its image, or None to fetch it."""
+        return None
+
+    def finish(self, raw: RawListing, data: bytes | None, exc: BaseException | None) -> list:
+        """The outputs of a listing whose image was fetched (``data``) or failed (``exc``)."""
+        raise NotImplementedError
+
+    def setup(self) -> None:
+        self._pool = fetch_pool(self._concurrency) if self._concurrency > 1 else None
+
+    def start_bundle(self) -> None:
+        self._pending = {}
+
+    def process(self, raw: RawListing, timestamp: Any = beam.DoFn.TimestampParam,
+                window: Any = beam.DoFn.WindowParam) -> Iterator[Any]:
+        done = self.early(raw)
+        if done is not None:
+            yield from done
+            return
+        if self._pool is None or not fetched_over_http(raw):
+            yield from self._fetched(raw, lambda: self._decoder.image(raw))
+            return
+        while len(self._pending) >= self._concurrency:
+            yield from self._complete()
+        self._pending[self._pool.submit(self._decoder.image, raw)] = (raw, timestamp, window)
+
+    def finish_bundle(self) -> Iterator[Any]:
+        while self._pending:
+            yield from self._complete()
+
+    def _fetched(self, raw: RawListing, image: Callable[[], bytes]) -> list:
+        try:
+            data = image()
+        except Exception as exc:  # noqa: BLE001 (each failure is the listing's: finish says what it becomes)
+            return self.finish(raw, None, exc)
+        return self.finish(raw, data, None)
+
+    def _complete(self) -> Iterator[Any]:
+        """Finish the pending listings whose fetch is done (waiting for at least one), each
+        output in its own element's window: they may leave in another element's call."""
+        wait(list(self._pending), return_when=FIRST_COMPLETED)
+        for future in [f for f in self._pending if f.done()]:
+            raw, timestamp, window = self._pending.pop(future)
+            for out in self._fetched(raw, future.result):
+                tag, value = (out.tag, out.value) if isinstance(out, TaggedOutput) else (None, out)
+                windowed = WindowedValue(value, timestamp, (window,))
+                yield TaggedOutput(tag, windowed) if tag else windowed
+
+    def teardown(self) -> None:
+        for future in self._pending:        # a bundle that failed: nothing waits for these any more
+            future.cancel()
+
+
+class _DecodeFn(FetchingFn):
+    """``ListingDecoder`` over the listings, each failure an :class:`ErrorRecord` (stage
+    ``decode``) in the ``errors`` output, as ``with_exception_handling`` would make it."""
+
+    def _errors(self, raw: RawListing, exc: BaseException) -> list:
+        return [TaggedOutput(ERROR_TAG, e) for e in dead_letter_errors(dead_letter(raw, exc), stage="decode")]
+
+    def early(self, raw: RawListing) -> list | None:
+        try:
+            self._decoder.check_text(raw)      # a row is refused before its image is fetched
+        except Exception as exc:  # noqa: BLE001 (an error record)
+            return self._errors(raw, exc)
+        return None
+
+    def finish(self, raw: RawListing, data: bytes | None, exc: BaseException | None) -> list:
+        if exc is not None:
+            return self._errors(raw, exc)
+        try:
+            return [self._decoder.decode(raw, data)]
+        except Exception as exc:  # noqa: BLE001 (an error record)
+            return self._errors(raw, exc)
+
+
+class DecodeListings(beam.PTransform):
+    """RawListing -> (DecodedListing, ErrorRecord) PCollections; each row lands in exactly one.
+    http(s) images are fetched ``concurrency`` at a time per worker process (:class:`FetchingFn`)."""
+
+    def __init__(self, decoder: ListingDecoder, concurrency: int = DEFAULT_FETCH_CONCURRENCY):
         super().__init__()
-        self._decoder = decoder
+        self._decoder, self._concurrency = decoder, concurrency
 
     def expand(self, listings: beam.PCollection[RawListing]
                ) -> tuple[beam.PCollection[DecodedListing], beam.PCollection[ErrorRecord]]:
-        decoded, failed = listings | "Decode" >> beam.Map(self._decoder).with_exception_handling()
-        errors = failed | "DecodeErrors" >> beam.FlatMap(dead_letter_errors, stage="decode")
-        return decoded, errors
+        out = listings | "Decode" >> beam.ParDo(_DecodeFn(self._decoder, self._concurrency)).with_outputs(
+            ERROR_TAG, main="decoded")
+        return out.decoded, out[ERROR_TAG]

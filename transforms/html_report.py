@@ -59,7 +59,8 @@ from PIL import Image
 
 from .decode import DecodedListing, ListingDecoder
 from .errors import redact
-from .listings import InputSchemaError, RawListing, UnreadableInputError, file_row_groups, read_row_group
+from .listings import (InputSchemaError, RawListing, RowGroup, UnreadableInputError, file_row_groups,
+                       read_row_group)
 from .reports import ERRORS, REPORT, SCORES, VIOLATIONS, check_owner, read_summary
 from .score import ListingScorer, stack_batch
 
@@ -295,22 +296,23 @@ class Evidence:
 
 
 def listings_with_ids(files: Sequence[str], columns: Sequence[str], attribute_columns: Sequence[str],
-                      ids: pa.Array) -> Iterator[RawListing]:
-    """The input rows whose listing_id is in ``ids``, a row group at a time, read by the
-    scan's own reader (``transforms.listings``: the same columns, the same row groups). A file
-    or row group that cannot be read has none: the scan reported it in ``errors/``
-    (``--skip-bad-files``), or failed."""
+                      ids: pa.Array, input_format: str = "auto") -> Iterator[RawListing]:
+    """The input rows whose listing_id is in ``ids``, a row group (or text block) at a time,
+    read by the scan's own reader (``transforms.listings``: the same columns, the same row
+    groups and blocks). A file, row group or block that cannot be read has none: the scan
+    reported it in ``errors/`` (``--skip-bad-files``), or failed."""
     for path in files:
         try:
-            groups = file_row_groups(path, attribute_columns)
-        except InputSchemaError as exc:
+            groups = file_row_groups(path, attribute_columns, input_format)
+        except (InputSchemaError, UnreadableInputError) as exc:
             log.warning("report: %s; skipped", redact(str(exc)))
             continue
         for group in groups:
             try:
                 yield from read_row_group(group, columns, attribute_columns, ids)
             except UnreadableInputError as exc:
-                log.warning("report: row group %d of %s cannot be read (%s); skipped", group.index + 1,
+                log.warning("report: %s %d of %s cannot be read (%s); skipped",
+                            "row group" if isinstance(group, RowGroup) else "block", group.index + 1,
                             redact(group.path), type(exc.__cause__).__name__)
 
 
@@ -327,8 +329,8 @@ def violation_hashes(paths: Sequence[str], ids: set[str]) -> dict[str, set[str]]
 
 
 def find_listings(files: Sequence[str], columns: Sequence[str], attribute_columns: Sequence[str],
-                  ids: set[str], decoder: ListingDecoder, hashes: Mapping[str, set[str]] | None = None
-                  ) -> dict[str, tuple[str, DecodedListing] | str]:
+                  ids: set[str], decoder: ListingDecoder, hashes: Mapping[str, set[str]] | None = None,
+                  input_format: str = "auto") -> dict[str, tuple[str, DecodedListing] | str]:
     """The listings ``ids`` as (title, decoded listing) from the input shards, or why one
     cannot be shown. Each row's image is fetched once, and, where ``hashes`` (id -> the
     ``content_hash`` values the scan recorded) knows the id, shown only when the row hashes
@@ -337,7 +339,7 @@ def find_listings(files: Sequence[str], columns: Sequence[str], attribute_column
     found: dict[str, tuple[str, DecodedListing] | str] = {}
     if not ids:
         return found
-    for raw in listings_with_ids(files, columns, attribute_columns, pa.array(sorted(ids), pa.string())):
+    for raw in listings_with_ids(files, columns, attribute_columns, pa.array(sorted(ids), pa.string()), input_format):
         if not isinstance(found.get(raw.listing_id, ""), str):
             continue                        # shown already (a duplicate id)
         try:
@@ -633,9 +635,9 @@ def render_report(summary: Mapping[str, Any], histogram: Sequence[int], rows: Se
 
 
 def write_report(prefix: str, matcher: Matcher, policy: Policy, decoder: ListingDecoder, files: Sequence[str],
-                 columns: Sequence[str], top_n: int = DEFAULT_TOP) -> str:
+                 columns: Sequence[str], top_n: int = DEFAULT_TOP, input_format: str = "auto") -> str:
     """Write ``report.html`` under ``prefix`` from the scan's outputs there (``summary.json``
-    must be final) and the input ``files`` (read ``columns``); returns its path. ``matcher``,
+    must be final) and the input ``files`` (read ``columns``, in ``--input-format``); returns its path. ``matcher``,
     ``policy`` and ``decoder`` must be the scan's model, calibration and attribute columns."""
     summary = read_summary(prefix)
     shards = {name: [FileSystems.join(prefix, p) for p in summary["files"][name]]
@@ -645,7 +647,7 @@ def write_report(prefix: str, matcher: Matcher, policy: Policy, decoder: Listing
              len(rows), summary["counts"]["violations"], len(files))
     ids = {r["listing_id"] for r in rows}
     found = find_listings(files, columns, list(decoder.attribute_columns), ids, decoder,
-                          violation_hashes(shards[SCORES], ids))
+                          violation_hashes(shards[SCORES], ids), input_format)
     log.info("report: re-scoring %d listings for their attention heatmaps, then writing %s",
              sum(isinstance(v, tuple) for v in found.values()), FileSystems.join(prefix, REPORT))
     page = render_report(summary, severity_histogram(shards[SCORES]), rows, explain_listings(found, matcher),
@@ -662,9 +664,10 @@ class _ReportFn(beam.DoFn):
     and writes ``report.html`` when the one ``summary.json`` element arrives; outputs its path."""
 
     def __init__(self, prefix: str, model: str, policy: Policy, decoder: ListingDecoder,
-                 files: Sequence[str], columns: Sequence[str], top_n: int):
+                 files: Sequence[str], columns: Sequence[str], top_n: int, input_format: str = "auto"):
         self._prefix, self._model, self._policy = prefix, model, policy
         self._decoder, self._files, self._columns, self._top_n = decoder, list(files), list(columns), top_n
+        self._input_format = input_format
         self._matcher: Matcher | None = None
 
     def setup(self) -> None:
@@ -676,7 +679,7 @@ class _ReportFn(beam.DoFn):
         if summary.get("run_id"):
             check_owner(self._prefix, summary["run_id"])
         yield write_report(self._prefix, self._matcher, self._policy, self._decoder, self._files, self._columns,
-                           self._top_n)
+                           self._top_n, self._input_format)
 
 
 class WriteHtmlReport(beam.PTransform):
@@ -687,9 +690,9 @@ class WriteHtmlReport(beam.PTransform):
     A retried attempt writes the same page again."""
 
     def __init__(self, prefix: str, model: str, policy: Policy, decoder: ListingDecoder,
-                 files: Sequence[str], columns: Sequence[str], top_n: int = DEFAULT_TOP):
+                 files: Sequence[str], columns: Sequence[str], top_n: int = DEFAULT_TOP, input_format: str = "auto"):
         super().__init__()
-        self._fn = _ReportFn(prefix, model, policy, decoder, files, columns, top_n)
+        self._fn = _ReportFn(prefix, model, policy, decoder, files, columns, top_n, input_format)
 
     def expand(self, summary: beam.PCollection[dict]) -> beam.PCollection[str]:
         return summary | "WriteHtml" >> beam.ParDo(self._fn)

@@ -22,8 +22,12 @@ An ``image_uri`` comes from a seller, so it is checked before anything is opened
   address); a host name in a prefix must resolve to public addresses.
 
 Every fetch has a connect timeout, a read timeout per socket read and a deadline for the
-whole listing (all redirect hops; for other fsspec filesystems, the whole read in a helper
-thread); past it the listing is an :class:`ImageFetchTimeoutError`. Messages name the URI
+whole listing (all redirect hops and retries; for other fsspec filesystems, the whole read in a
+helper thread); past it the listing is an :class:`ImageFetchTimeoutError`. An http(s) answer of
+429 or 5xx, or a connection reset, is tried again (:attr:`FetchLimits.attempts` in all, with
+exponential backoff and jitter, or after the seconds a ``Retry-After`` asks) while the deadline
+leaves time for it; nothing else is retried: not another 4xx, nor an image over the byte cap,
+a refused URI or content that is no image. Messages name the URI
 (masked by ``transforms.errors.redact`` on the way to ``errors/``) and never quote what was
 fetched.
 """
@@ -33,6 +37,7 @@ import base64
 import http.client
 import ipaddress
 import os
+import random
 import re
 import socket
 import ssl
@@ -65,22 +70,46 @@ class SourceOverCapError(ValueError):
 
 
 class ImageFetchError(OSError):
-    """An ``image_uri`` answered, but not with an image (an HTTP status other than 200)."""
+    """An ``image_uri`` answered, but not with an image (an HTTP status other than 200), or
+    the connection broke; ``retryable`` when trying again may help (a connection reset)."""
+
+    def __init__(self, message: str, retryable: bool = False):
+        super().__init__(message)
+        self.retryable = retryable
 
 
 @dataclass(frozen=True)
 class FetchLimits:
-    """Seconds: to connect, per socket read, and for the whole fetch of one listing."""
+    """Seconds: to connect, per socket read, and for the whole fetch of one listing; and the
+    retries of an http(s) URL that answers 429 or 5xx or resets the connection: ``attempts``
+    in all, the n-th retry after ``backoff * 2**(n-1)`` seconds (plus up to a tenth more, so
+    that workers throttled together do not return together) or a ``Retry-After`` of seconds."""
 
     connect_timeout: float = 10.0
     read_timeout: float = 20.0
     deadline: float = 60.0
     max_redirects: int = 5
+    attempts: int = 4
+    backoff: float = 0.5
 
     @classmethod
     def within(cls, deadline: float) -> "FetchLimits":
         """The default limits with the listing's ``deadline``; no timeout is longer than it."""
         return cls(min(cls.connect_timeout, deadline), min(cls.read_timeout, deadline), deadline)
+
+
+def retryable_status(status: int) -> bool:
+    """An HTTP status worth asking again: too many requests, or a server error."""
+    return status == 429 or 500 <= status <= 599
+
+
+def retry_delay(retry: int, retry_after: str | None, limits: FetchLimits) -> float:
+    """Seconds to wait before retry number ``retry`` (1 for the first): what a ``Retry-After``
+    of whole seconds asks (its other form, a date, is ignored), else the backoff with jitter."""
+    if retry_after and retry_after.strip().isdigit():
+        return float(retry_after.strip())
+    base = limits.backoff * 2 ** (retry - 1)
+    return base + random.uniform(0.0, base / 10)
 
 
 def scheme(uri: str) -> str:
@@ -292,7 +321,7 @@ class ImageSources:
         for _ in range(self.limits.max_redirects + 1):
             self.check(url)
             address = self._addresses(url, deadline)[0]
-            status, location, data = _http_get(url, address, self.limits, deadline, max_bytes,
+            status, location, data = self._get(url, address, deadline, max_bytes,
                                                send_auth=_http_key(url)[0] == auth_origin)
             if status in _REDIRECTS and location:
                 nxt = urllib.parse.urljoin(url, location)
@@ -307,11 +336,40 @@ class ImageSources:
             return data
         raise ImageFetchError(f"image_uri {uri}: more than {self.limits.max_redirects} redirects")
 
+    def _get(self, url: str, address: str, deadline: float, max_bytes: int, send_auth: bool
+             ) -> tuple[int, str | None, bytes]:
+        """:func:`_http_get`, tried again after a 429 or 5xx answer or a reset connection while
+        attempts are left and the wait ends before ``deadline``; the last such answer is an
+        :class:`ImageFetchError` saying how many attempts were made."""
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                status, location, retry_after, data = _http_get(url, address, self.limits, deadline, max_bytes,
+                                                                send_auth)
+            except ImageFetchError as exc:
+                if not exc.retryable:
+                    raise
+                failure, retry_after = str(exc), None
+            else:
+                if not retryable_status(status):
+                    return status, location, data
+                failure = f"HTTP {status} for {url}"
+            wait = retry_delay(attempt, retry_after, self.limits)
+            tried = f"after {attempt} attempt{'s' if attempt > 1 else ''}"
+            if attempt >= self.limits.attempts:
+                raise ImageFetchError(f"{failure} ({tried})")
+            if time.monotonic() + wait >= deadline:
+                raise ImageFetchError(f"{failure} ({tried}; waiting {wait:.1f} s for another would pass the "
+                                      "listing's deadline)")
+            time.sleep(wait)
+
 
 def _http_get(url: str, address: str, limits: FetchLimits, deadline: float, max_bytes: int,
-              send_auth: bool) -> tuple[int, str | None, bytes]:
-    """One GET of ``url`` over a connection to ``address``: (status, Location, body up to the
-    cap). A watchdog shuts the socket down at ``deadline``, whatever the server sends."""
+              send_auth: bool) -> tuple[int, str | None, str | None, bytes]:
+    """One GET of ``url`` over a connection to ``address``: (status, Location, Retry-After,
+    body up to the cap). A watchdog shuts the socket down at ``deadline``, whatever the
+    server sends; a connection the server resets is a retryable :class:`ImageFetchError`."""
     parts = urllib.parse.urlsplit(url)
     secure = parts.scheme.lower() == "https"
     host, port = parts.hostname or "", parts.port or (443 if secure else 80)
@@ -352,7 +410,7 @@ def _http_get(url: str, address: str, limits: FetchLimits, deadline: float, max_
         conn.request("GET", (parts.path or "/") + (f"?{parts.query}" if parts.query else ""), headers=headers)
         resp = conn.getresponse()
         if resp.status != 200:
-            return resp.status, resp.getheader("Location"), b""
+            return resp.status, resp.getheader("Location"), resp.getheader("Retry-After"), b""
         length = resp.getheader("Content-Length")
         if length and length.isdigit() and int(length) > max_bytes:
             raise SourceOverCapError(f"image at {url} is {int(length)} bytes (Content-Length), over {max_bytes} bytes")
@@ -366,7 +424,7 @@ def _http_get(url: str, address: str, limits: FetchLimits, deadline: float, max_
         if expired.is_set():                # the watchdog ended the read: the data is cut short
             raise ImageFetchTimeoutError(f"image at {url}: the listing's deadline of {limits.deadline:.0f} s "
                                          "passed (timeout)")
-        return 200, None, b"".join(chunks)
+        return 200, None, None, b"".join(chunks)
     except (SourceOverCapError, ImageFetchTimeoutError):
         raise
     except (OSError, http.client.HTTPException, ValueError) as exc:
@@ -376,7 +434,11 @@ def _http_get(url: str, address: str, limits: FetchLimits, deadline: float, max_
         if isinstance(exc, (socket.timeout, TimeoutError)):
             raise ImageFetchTimeoutError(f"image at {url}: no data for {limits.read_timeout:.0f} s "
                                          "(timeout)") from None
-        raise ImageFetchError(f"image at {url}: {type(exc).__name__}") from None
+        # A reset (the server or a proxy dropped the connection, RemoteDisconnected among them)
+        # may pass; a malformed answer will not.
+        raise ImageFetchError(f"image at {url}: {type(exc).__name__}",
+                              retryable=isinstance(exc, (ConnectionResetError, ConnectionAbortedError,
+                                                         BrokenPipeError))) from None
     finally:
         watchdog.cancel()
         sock.close()

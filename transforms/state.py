@@ -36,7 +36,7 @@ from apache_beam.pvalue import TaggedOutput
 
 from ecomatch_model.verdict import Finding
 
-from .decode import ListingDecoder
+from .decode import DEFAULT_FETCH_CONCURRENCY, FetchingFn, ListingDecoder
 from .errors import redact
 from .flag import Verdict
 from .listings import RawListing
@@ -114,16 +114,20 @@ def state_rows(path: str, columns: Sequence[str]) -> Iterator[dict[str, Any]]:
         log.warning("--state: %s cannot be read (%s); its listings are scored again", redact(path), type(exc).__name__)
 
 
-def keyed_hash(raw: RawListing, decoder: ListingDecoder) -> tuple[str, tuple[str | None, RawListing]]:
-    """``(listing_id, (content_hash, raw))``; the hash is None when the listing cannot be hashed
-    (no id or title, image unreadable or too large), and decoding then reports why."""
-    if not raw.listing_id or raw.title is None or raw.invalid:
-        return raw.listing_id or "", (None, raw)
-    try:
-        data = decoder.image(raw)
-    except Exception:  # noqa: BLE001 (any failure is decoding's to report, as an error record)
-        return raw.listing_id, (None, raw)
-    return raw.listing_id, (decoder.listing_hash(raw, data), raw)
+class KeyedHash(FetchingFn):
+    """Each listing as ``(listing_id, (content_hash, raw))``, its http(s) image fetched
+    concurrently (:class:`~transforms.decode.FetchingFn`); the hash is None when the listing
+    cannot be hashed (no id or title, image unreadable or too large), and decoding then
+    reports why."""
+
+    def early(self, raw: RawListing) -> list | None:
+        if not raw.listing_id or raw.title is None or raw.invalid:
+            return [(raw.listing_id or "", (None, raw))]
+        return None
+
+    def finish(self, raw: RawListing, data: bytes | None, exc: BaseException | None) -> list:
+        # A failure is decoding's to report, as an error record (it fetches the image again).
+        return [(raw.listing_id, (None if exc is not None else self._decoder.listing_hash(raw, data), raw))]
 
 
 def carried_verdict(score: Mapping[str, Any], violations: Iterable[Mapping[str, Any]]) -> Verdict | None:
@@ -167,13 +171,15 @@ class CarryForward(beam.PTransform):
     """RawListing -> (RawListing to decode, carried :class:`Verdict`, removed row) PCollections
     against :class:`PreviousRun`; each listing read leaves in exactly one of the first two."""
 
-    def __init__(self, previous: PreviousRun, decoder: ListingDecoder, seller_column: str | None = None):
+    def __init__(self, previous: PreviousRun, decoder: ListingDecoder, seller_column: str | None = None,
+                 concurrency: int = DEFAULT_FETCH_CONCURRENCY):
         super().__init__()
         self._previous, self._decoder, self._seller_column = previous, decoder, seller_column
+        self._concurrency = concurrency
 
     def expand(self, listings: beam.PCollection[RawListing]
                ) -> tuple[beam.PCollection[RawListing], beam.PCollection[Verdict], beam.PCollection[dict]]:
-        now = listings | "HashListings" >> beam.Map(keyed_hash, self._decoder)
+        now = listings | "HashListings" >> beam.ParDo(KeyedHash(self._decoder, self._concurrency))
         earlier = {name: (listings.pipeline
                           | f"Previous{name.title()}Files" >> beam.Create(files)
                           | f"ReadPrevious{name.title()}" >> beam.FlatMap(state_rows, columns)
