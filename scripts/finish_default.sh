@@ -20,4 +20,7 @@ rm -rf ecomatch_model/models/default
 mkdir -p ecomatch_model/models/default
 cp "$model"/{weights.safetensors,config.json,vocab.json,lexicon.json,manifest.json,MODEL_CARD.md} \
    ecomatch_model/models/default/
+# The calibration the training run fitted on its validation split, which manifest.json lists;
+# calibrate_default.sh then replaces it.
+if [ -f "$model/calibration.json" ]; then cp "$model/calibration.json" ecomatch_model/models/default/; fi
 bash scripts/calibrate_default.sh ecomatch_model/models/default "$data" "$work"

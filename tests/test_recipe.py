@@ -154,13 +154,16 @@ def test_synthetic_listings_are_make_samples_in_seed_order(tmp_path):
 
 
 def test_the_shipped_recipes_are_valid_chain_and_match_their_logs():
-    assert [p.stem for p in STAGES] == [f"stage{i}" for i in range(1, 8)]
+    assert [p.stem for p in STAGES] == [f"stage{i}" for i in range(1, 9)]
     recipes = [read_recipe(str(p), recipe_fields()) for p in STAGES]
     assert "init" not in recipes[0] and recipes[0]["config"] == "base"
     assert recipes[1]["init"] == recipes[0]["out"] + "-pruned"           # stage 1 is pruned before stage 2
     for before, after in zip(recipes[1:], recipes[2:]):
         assert after["init"] == before["out"]
-    assert recipes[-1]["image_negatives"] == 1.0
+    assert recipes[6]["image_negatives"] == recipes[7]["image_negatives"] == 1.0
+    # Stage 8 reads both photo folders, split on the 60x80 one's ids.
+    assert recipes[7]["split_reference"] == ["fashion-small/60x80/*.parquet"]
+    assert set(recipes[7]["data"]) == {"fashion-small/60x80/*.parquet", "fashion-small/224/*.parquet"}
     for i, r in enumerate(recipes, start=1):
         log = [json.loads(line) for line in open(LOGS / f"train_log.stage{i}.jsonl")]
         assert [e["epoch"] for e in log] == list(range(1, len(log) + 1))
@@ -168,7 +171,7 @@ def test_the_shipped_recipes_are_valid_chain_and_match_their_logs():
             assert log[0]["planned_epochs"] == r["epochs"] > len(log), i
         else:                                                            # ran as the recipe says
             assert len(log) == r.get("stop_after", r["epochs"]), i
-        if i == 7:
+        if i >= 7:
             assert all(e["image_bce"] > 0 for e in log)
 
 
