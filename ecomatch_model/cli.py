@@ -331,13 +331,19 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_evaluate(args: argparse.Namespace) -> int:
-    from .evaluate import evaluate
+def _judged(args: argparse.Namespace, command: str) -> tuple[Matcher, Policy]:
+    """The model of ``--model`` and the policy it is judged by: ``--calibration FILE`` or its own."""
     matcher = load(args.model, device=args.device)
     policy = _read_calibration(args.calibration, matcher) if args.calibration else matcher.policy
     if policy is None:
-        raise SystemExit(f"ecomatch evaluate: error: {args.model} has no calibration: run `ecomatch calibrate` "
+        raise SystemExit(f"ecomatch {command}: error: {args.model} has no calibration: run `ecomatch calibrate` "
                          "or pass --calibration FILE")
+    return matcher, policy
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from .evaluate import evaluate
+    matcher, policy = _judged(args, "evaluate")
     report = evaluate(matcher, _read_split(args), policy, n_queries=args.queries, negatives=args.negatives,
                       seed=args.seed, max_listings=args.max_eval)
     report["model"] = {"path": args.model, "sha256": matcher.sha256, "config": matcher.cfg.name}
@@ -358,11 +364,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 def cmd_agreement(args: argparse.Namespace) -> int:
     from .evaluate import photo_agreement
-    matcher = load(args.model, device=args.device)
-    policy = _read_calibration(args.calibration, matcher) if args.calibration else matcher.policy
-    if policy is None:
-        raise SystemExit(f"ecomatch agreement: error: {args.model} has no calibration: run `ecomatch calibrate` "
-                         "or pass --calibration FILE")
+    matcher, policy = _judged(args, "agreement")
     a = _read_split(argparse.Namespace(**{**vars(args), "data": [args.data]}))
     b = _read_split(argparse.Namespace(**{**vars(args), "data": [args.other]}))
     report = photo_agreement(matcher, policy, a, b, max_listings=args.max_eval, seed=args.seed)

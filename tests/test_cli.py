@@ -61,3 +61,21 @@ def test_calibrate_then_evaluate_at_a_calibration_file(tiny_ckpt, tmp_path):
     (tmp_path / "bad.json").write_text(json.dumps({**policy, "checks": {"sparkle": {"x": [0.0], "y": [0.0]}}}))
     with pytest.raises(SystemExit, match="bad.json: checks.sparkle: unknown kind"):
         main([*args, "--calibration", str(tmp_path / "bad.json")])
+
+
+def test_agreement_compares_two_photo_folders_and_writes_the_card(tiny_ckpt, tmp_path):
+    import json
+    from ecomatch_model.sample import write_sample
+    save(tiny_ckpt, str(tmp_path / "m"))
+    write_sample(str(tmp_path / "small"), n=40, seed=4, mismatch_rate=0.0, shards=1, size=48)
+    write_sample(str(tmp_path / "large"), n=40, seed=4, mismatch_rate=0.0, shards=1, size=128)
+    small, large = (str(tmp_path / d / "*.parquet") for d in ("small", "large"))
+    assert main(["calibrate", "--model", str(tmp_path / "m"), "--data", small, "--review-budget", "500"]) == 0
+    out = tmp_path / "agree.json"
+    assert main(["agreement", "--model", str(tmp_path / "m"), "--data", small, "--other", large, "--json", str(out),
+                 "--update-card"]) == 0
+    report = json.loads(out.read_text())
+    assert report["unmodified"]["listings"] == 40 and report["data"] == {"a": small, "b": large, "split": "all"}
+    assert 0 <= report["all"]["verdict_agreement"] <= 1
+    card = load_checkpoint(str(tmp_path / "m")).card
+    assert "## Photo agreement" in card and f"| unmodified | 40 | {report['unmodified']['mean_abs_diff_p_violation']:.4f}" in card
