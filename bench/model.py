@@ -6,6 +6,7 @@ code (no Beam). Prints a table and writes JSON.
 
     python bench/model.py --configs tiny base --batch-sizes 1 32 128 --json bench/model.json
     python bench/model.py --model ecomatch_model/models/default   # a trained checkpoint
+    python bench/model.py --configs base base:image.image_size=112 --prune --batch-sizes 32   # a resized config
     python bench/model.py --configs paper base --prune --batch-sizes 64 256 1024 --compile   # GPU
 
 On CUDA each measurement is timed with CUDA events around ``iters`` forwards (``iters``
@@ -31,7 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from ecomatch_model.checkpoint import build_model, load_checkpoint  # noqa: E402
 from ecomatch_model.cli import gflops_per_listing  # noqa: E402
-from ecomatch_model.config import get_config  # noqa: E402
+from ecomatch_model.config import apply_overrides, get_config  # noqa: E402
 from ecomatch_model.model import for_inference, towers_to  # noqa: E402
 from ecomatch_model.prune import prune_model  # noqa: E402
 from ecomatch_model.text import Lexicon, Vocabulary  # noqa: E402
@@ -142,8 +143,12 @@ def matmul_ceiling(device: torch.device, dtype: str, n: int, repeats: int = 3, m
     return statistics.median(rates) * 2 * n ** 3 / 1e12
 
 
-def config_model(name: str, prune: bool):
-    cfg = get_config(name)
+def config_model(spec: str, prune: bool):
+    """A randomly initialised model of ``NAME`` or ``NAME:KEY=VALUE,...`` (config overrides,
+    e.g. ``base:image.image_size=112``, for sizing a config before training it)."""
+    name, _, overrides = spec.partition(":")
+    cfg = apply_overrides(get_config(name), overrides.split(",") if overrides else [])
+    name = spec
     model = build_model(cfg, Vocabulary([], n_buckets=cfg.text.vocab_size - 1), Lexicon.from_seeds())
     if prune and not cfg.pruned:
         return f"{name} (random, {cfg.prune_ratio:.0%} pruned)", prune_model(model.eval())
