@@ -190,16 +190,18 @@ def _lexicon_kinds(matcher: Matcher) -> list[str]:
     return [k for k in matcher.lexicon.kinds if k not in CALIBRATION_KINDS]
 
 
-def _read_split(args: argparse.Namespace) -> Listings:
-    """The listings of every --data, restricted to the --split of the training-time split
-    (decided on --split-reference when given, so that the same listing in another photo folder
-    falls on the same side); ``cal`` and ``test`` are two halves of ``val`` by listing id."""
+def _read_split(args: argparse.Namespace, data: list[str] | None = None, reference: Listings | None = None) -> Listings:
+    """The listings of every --data (or of ``data``), restricted to the --split of the
+    training-time split (decided on --split-reference when given, or on ``reference`` when it
+    is already read, so that the same listing in another photo folder falls on the same
+    side); ``cal`` and ``test`` are two halves of ``val`` by listing id."""
     from .train import split_for_training
     from .data import id_half
-    listings = concat_listings([read_listings(d) for d in args.data])
+    listings = concat_listings([read_listings(d) for d in data or args.data])
     if args.split == "all":
         return listings
-    ref = concat_listings([read_listings(d) for d in args.split_reference]) if args.split_reference else listings
+    ref = reference if reference is not None else \
+        concat_listings([read_listings(d) for d in args.split_reference]) if args.split_reference else listings
     train_set, val_set = split_for_training(ref, args.val_fraction, args.split_seed)
     side = set((train_set if args.split == "train" else val_set).ids)
     keep = [i for i, lid in enumerate(listings.ids) if lid in side
@@ -365,9 +367,14 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 def cmd_agreement(args: argparse.Namespace) -> int:
     from .evaluate import photo_agreement
     matcher, policy = _judged(args, "agreement")
-    a = _read_split(argparse.Namespace(**{**vars(args), "data": [args.data]}))
-    b = _read_split(argparse.Namespace(**{**vars(args), "data": [args.other]}))
-    report = photo_agreement(matcher, policy, a, b, max_listings=args.max_eval, seed=args.seed)
+    # The reference is read once for both photo sets.
+    ref = concat_listings([read_listings(d) for d in args.split_reference]) \
+        if args.split_reference and args.split != "all" else None
+    a, b = (_read_split(args, [d], ref) for d in (args.data, args.other))
+    try:
+        report = photo_agreement(matcher, policy, a, b, max_listings=args.max_eval, seed=args.seed)
+    except ValueError as exc:
+        raise SystemExit(f"ecomatch agreement: error: {args.data} and {args.other}: {exc}") from None
     report["data"] = {"a": args.data, "b": args.other, "split": args.split}
     report["model"] = {"path": args.model, "sha256": matcher.sha256}
     print(json.dumps(report, indent=1, sort_keys=True))

@@ -393,6 +393,8 @@ def photo_agreement(matcher: Matcher, policy: Policy, a: Listings, b: Listings, 
     photo from the same folder)."""
     where = {lid: i for i, lid in enumerate(b.ids)}
     pairs = [(i, where[lid]) for i, lid in enumerate(a.ids) if lid in where]
+    if not pairs:
+        raise ValueError("the two photo sets share no listing id")
     a, b = a.take([i for i, _ in pairs]), b.take([j for _, j in pairs])
     _, ok_a = decode_images(a.images, matcher.image_size)
     _, ok_b = decode_images(b.images, matcher.image_size)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import io
 import json
 import logging
 import math
@@ -21,11 +22,12 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image
 from safetensors.torch import load_file, save_file
 
 from .checkpoint import Checkpoint, build_model, load_checkpoint, save
 from .config import ModelConfig
-from .data import Listings, column_attributes, content_split, corrupt_attribute
+from .data import Listings, column_attributes, concat_listings, content_split, corrupt_attribute
 from .model import DualMatcher, GatedMLP
 from .preprocess import decode_images, normalize
 from .text import EncodedText, Lexicon, TextEncoder, Vocabulary
@@ -87,9 +89,6 @@ class TrainOptions:
 def degrade(pixels: torch.Tensor, gen: torch.Generator, p: float) -> torch.Tensor:
     """uint8 (B, 3, S, S) with each image blurred (down- and up-scaled) with probability
     ``p`` and JPEG re-encoded with probability ``p / 2``; draws from ``gen`` on the CPU."""
-    import io
-
-    from PIL import Image
     b, _, s, _ = pixels.shape
     blur = torch.rand(b, generator=gen) < p
     scale = 0.4 + 0.5 * torch.rand(b, generator=gen)
@@ -566,5 +565,4 @@ def split_by_reference(listings: Listings, reference: Listings, val_fraction: fl
     by_ref = listings.take(known)
     val = [i for i, lid in enumerate(by_ref.ids) if side[lid]]
     train = [i for i, lid in enumerate(by_ref.ids) if not side[lid]]
-    from .data import concat_listings
     return (concat_listings([by_ref.take(train), rest_train]), concat_listings([by_ref.take(val), rest_val]))

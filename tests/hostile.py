@@ -16,10 +16,9 @@ import io
 import os
 import socket
 import struct
-import threading
 import zlib
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +26,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image
-from pipeline_fixtures import image, listings_table, write_table
+from pipeline_fixtures import Server, image, listings_table, write_table
 
 SECRETS = ("s3cret-password", "s3cret-signature")   # in a seller's image URL; never in a report or log
 PASSWD = b"root:x:0:0:root:/root:/bin/bash\n"      # a local file an image_uri names; never quoted, nor in hex
@@ -248,40 +247,23 @@ def write_shards(root: Path, cases: list[Case], good: pa.Table) -> list[Case]:
 
 
 # ---------------------------------------------------------------------------- a loopback image server
-class ImageServer:
+class ImageServer(Server):
     """An HTTP server on 127.0.0.1 for ``image_uri`` cases: ``GET /img/...`` serves ``body``
     (but ``/img/missing...``), anything else is 404."""
 
     def __init__(self, body: bytes):
         self.body = body
-        server = self
+        super().__init__(self._route)
 
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:
-                if not self.path.startswith("/img/") or "missing" in self.path:
-                    self.send_error(404)
-                    return
-                self.send_response(200)
-                self.send_header("Content-Length", str(len(server.body)))
-                self.end_headers()
-                if self.command == "GET":
-                    self.wfile.write(server.body)
-
-            do_HEAD = do_GET
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        self._http = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self._http.server_port}"
-
-    def __enter__(self) -> "ImageServer":
-        threading.Thread(target=self._http.serve_forever, daemon=True).start()
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self._http.shutdown()
-        self._http.server_close()
+    def _route(self, h: BaseHTTPRequestHandler) -> None:
+        if not h.path.startswith("/img/") or "missing" in h.path:
+            h.send_error(404)
+            return
+        h.send_response(200)
+        h.send_header("Content-Length", str(len(self.body)))
+        h.end_headers()
+        if h.command == "GET":
+            h.wfile.write(self.body)
 
 
 class SilentServer:

@@ -89,7 +89,7 @@ def model_dir_fixture(tiny_ckpt: Checkpoint, tmp_path: Path) -> str:
 
 
 class Server:
-    """A loopback HTTP server whose GET handler is ``route(handler)``; counts requests."""
+    """A loopback HTTP server whose GET (and HEAD) handler is ``route(handler)``; counts requests."""
 
     def __init__(self, route: Callable[[BaseHTTPRequestHandler], None]):
         self.requests: list[str] = []
@@ -99,6 +99,8 @@ class Server:
             def do_GET(self) -> None:
                 outer.requests.append(self.path)
                 route(self)
+
+            do_HEAD = do_GET         # the route tells the two apart by ``command``
 
             def log_message(self, *args: Any) -> None:
                 pass
