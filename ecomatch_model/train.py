@@ -76,8 +76,9 @@ class TrainOptions:
     # than a mention drawn uniformly: colour is the hardest kind to see.
     colour_focus: float = 0.0
     # Weight of the recolour loss (0: off): for up to a quarter of each batch, the photo's
-    # hue is rotated by 120-240 degrees (greys and the white background stay as they are)
-    # and the title's chromatic colour mention is pushed to 0 on the recoloured photo, its
+    # hue is rotated by 120-240 degrees (greys, the white background and skin tones stay as
+    # they are; only photos whose non-skin chromatic pixels cover a tenth of the frame are
+    # used) and the title's chromatic colour mention is pushed to 0 on the recoloured photo, its
     # other mentions to 1: colour negatives made from the photo itself.
     recolour: float = 0.0
     # Probability that a training photo is degraded: downscaled by 0.4-0.9 and back (blur),
@@ -118,23 +119,45 @@ def degrade(pixels: torch.Tensor, gen: torch.Generator, p: float) -> torch.Tenso
 _YIQ = torch.tensor([[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]])
 
 
-def chroma_share(pixels: torch.Tensor, level: float = 0.08) -> torch.Tensor:
+def _yiq(pixels: torch.Tensor) -> torch.Tensor:
+    return torch.einsum("ij,bjhw->bihw", _YIQ.to(pixels.device), pixels.float() / 255)
+
+
+def skin_tone(pixels: torch.Tensor) -> torch.Tensor:
+    """(B, S, S) bool: the pixels of uint8 (B, 3, S, S) images whose colour is a skin tone
+    (hue within -15..+12 degrees of YIQ's I axis, moderate chroma, not near black). A hue
+    rotation leaves them alone: a rotated arm or face (blue skin) is an artefact the model
+    would learn to read as the colour mismatch. Brown, tan and beige products fall in this
+    band too; they are simply not recoloured."""
+    yiq = _yiq(pixels)
+    chroma = yiq[:, 1:].norm(dim=1)
+    angle = torch.atan2(yiq[:, 2], yiq[:, 1])
+    return ((angle > math.radians(-15)) & (angle < math.radians(12)) & (chroma > 0.04) & (chroma < 0.26)
+            & (yiq[:, 0] > 0.15))
+
+
+def chroma_share(pixels: torch.Tensor, level: float = 0.08, skin: bool = True) -> torch.Tensor:
     """(B,) share of each uint8 (B, 3, S, S) image's pixels (every other row and column)
-    whose chroma is above ``level``."""
-    yiq = torch.einsum("ij,bjhw->bihw", _YIQ.to(pixels.device), pixels[:, :, ::2, ::2].float() / 255)
-    return (yiq[:, 1:].norm(dim=1) > level).float().mean((1, 2))
+    whose chroma is above ``level``; with ``skin=False`` skin-toned pixels do not count
+    (the share of the photo a recolouring can turn)."""
+    sub = pixels[:, :, ::2, ::2]
+    chromatic = _yiq(sub)[:, 1:].norm(dim=1) > level
+    if not skin:
+        chromatic &= ~skin_tone(sub)
+    return chromatic.float().mean((1, 2))
 
 
-def rotate_hue(pixels: torch.Tensor, angles: torch.Tensor) -> torch.Tensor:
-    """uint8 (B, 3, S, S) with each image's hue rotated by ``angles`` (B,) radians."""
+def rotate_hue(pixels: torch.Tensor, angles: torch.Tensor, keep: torch.Tensor | None = None) -> torch.Tensor:
+    """uint8 (B, 3, S, S) with each image's hue rotated by ``angles`` (B,) radians, except
+    where the (B, S, S) bool ``keep`` is set."""
     yiq = _YIQ.to(pixels.device)
     c, s = torch.cos(angles), torch.sin(angles)
     rot = torch.zeros(len(angles), 3, 3, device=pixels.device)
     rot[:, 0, 0] = 1
     rot[:, 1, 1], rot[:, 1, 2], rot[:, 2, 1], rot[:, 2, 2] = c, -s, s, c
     m = torch.linalg.inv(yiq) @ rot @ yiq                                       # (B, 3, 3)
-    y = torch.einsum("bij,bjhw->bihw", m, pixels.float() / 255)
-    return (y * 255).round().clamp(0, 255).to(torch.uint8)
+    y = (torch.einsum("bij,bjhw->bihw", m, pixels.float() / 255) * 255).round().clamp(0, 255).to(torch.uint8)
+    return y if keep is None else torch.where(keep.unsqueeze(1), pixels, y)
 
 
 def recolour_targets(values: torch.Tensor, valid: torch.Tensor, chromatic_value: torch.Tensor,
@@ -476,7 +499,8 @@ def train(listings: Listings, cfg: ModelConfig, out: str, opts: TrainOptions, co
                                                 torch.from_numpy(clean.attr_valid).to(device), chromatic_value,
                                                 chromatic_image[tidx], len(idx) // 4)
                 angles = (2 / 3 + 2 / 3 * torch.rand(len(rows), generator=gen)) * math.pi
-                recoloured = (rows, normalize(rotate_hue(raw[rows], angles.to(device))), target)
+                recoloured = (rows, normalize(rotate_hue(raw[rows], angles.to(device), keep=skin_tone(raw[rows]))),
+                              target)
             px = normalize(raw)
             for g in opt.param_groups:
                 g["lr"] = lr_at(step)
@@ -520,11 +544,12 @@ def train(listings: Listings, cfg: ModelConfig, out: str, opts: TrainOptions, co
 
 def colourful(pixels: torch.Tensor, clean: EncodedText, lexicon: Lexicon, value_kind: torch.Tensor,
               share: float = 0.1, agree: float = 0.5, min_count: int = 10) -> tuple[torch.Tensor, torch.Tensor]:
-    """Which training photos are colourful (at least ``share`` of their pixels chromatic)
-    and which colour values are chromatic, learnt from the data: a colour named (in a
+    """Which training photos are colourful (at least ``share`` of their pixels chromatic,
+    skin tones not counted: the product, not the model's arm, carries the colour a
+    recolouring turns) and which colour values are chromatic, learnt from the data: a colour named (in a
     title or a column) over at least ``min_count`` photos, at least ``agree`` of them
     colourful, other than "multi". Returns ((N,) bool, (V,) bool)."""
-    image = torch.cat([chroma_share(pixels[i:i + 2048]) for i in range(0, len(pixels), 2048)]) >= share
+    image = torch.cat([chroma_share(pixels[i:i + 2048], skin=False) for i in range(0, len(pixels), 2048)]) >= share
     colour = torch.zeros(len(value_kind), dtype=torch.bool)
     kind = lexicon.kinds.index("colour") if "colour" in lexicon.kinds else -1
     if kind < 0 or not len(pixels):

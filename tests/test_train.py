@@ -11,7 +11,7 @@ from ecomatch_model.preprocess import decode_images, normalize
 from ecomatch_model.sample import make_listings
 from ecomatch_model.text import TextEncoder, words
 from ecomatch_model.train import (TrainOptions, augment, batch_order, chroma_share, colourful, corrupt_batch, degrade,
-                                  image_swap_negatives, losses, recolour_targets, rotate_hue, same_content,
+                                  image_swap_negatives, losses, recolour_targets, rotate_hue, same_content, skin_tone,
                                   split_by_reference, train, value_groups)
 
 COLUMNS = {"base_colour": "colour", "article_type": "article_type"}
@@ -244,6 +244,32 @@ def test_rotate_hue_turns_colours_and_keeps_greys_and_white():
 def test_chroma_share_tells_colourful_photos_from_grey_ones():
     shares = chroma_share(torch.cat([_square((200, 30, 30)), _square((60, 60, 60)), _square((255, 255, 255))]))
     assert shares[0] == pytest.approx(0.25) and shares[1] == 0 and shares[2] == 0
+
+
+# Skin tones from light to dark, and product colours that must still be turned.
+SKIN = [(255, 224, 196), (241, 194, 170), (224, 172, 140), (198, 134, 66), (141, 85, 36), (90, 56, 37)]
+TURNED = [(200, 30, 30), (128, 0, 0), (255, 105, 180), (255, 140, 0), (220, 180, 40), (0, 0, 128), (30, 160, 60)]
+
+
+def test_skin_tone_marks_skin_and_not_saturated_product_colours():
+    assert all(skin_tone(_square(rgb))[0, 8, 8] for rgb in SKIN)
+    assert not any(skin_tone(_square(rgb))[0, 8, 8] for rgb in TURNED)
+    assert not skin_tone(_square((255, 255, 255))).any() and not skin_tone(_square((90, 90, 90))).any()
+
+
+def test_rotate_hue_keeps_the_masked_pixels():
+    px = _square((200, 30, 30))
+    px[0, :, 4:8, 4:12] = torch.tensor(SKIN[2], dtype=torch.uint8).view(3, 1)[:, :, None]   # an arm over the dress
+    out = rotate_hue(px, torch.tensor([np.pi]), keep=skin_tone(px))
+    assert torch.equal(out[0, :, 4:8], px[0, :, 4:8])          # the skin is as it was
+    r, g, b = out[0, :, 10, 8].tolist()
+    assert b > r and g > r, (r, g, b)                          # the red below it is turned
+
+
+def test_chroma_share_without_skin_counts_only_the_product():
+    px = torch.cat([_square(SKIN[1]), _square((200, 30, 30))])
+    assert chroma_share(px).tolist() == pytest.approx([0.25, 0.25])
+    assert chroma_share(px, skin=False).tolist() == pytest.approx([0.0, 0.25])
 
 
 def test_degrade_blurs_and_reencodes_only_when_drawn():
