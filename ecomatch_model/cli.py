@@ -91,6 +91,37 @@ def cmd_prune(args: argparse.Namespace) -> int:
     return 0
 
 
+def _resized_init(model, overrides: list[str]):
+    """``--init`` keeps the checkpoint's shape: a ``--set`` override must repeat the
+    checkpoint's own value (a recipe written by the run that made it), except the image
+    input size, which may change (``image.image_size=N``, the position embeddings resampled)."""
+    from .model import resize_image_input
+    data, size = model.cfg.to_json(), None
+    for item in overrides:
+        key, _, raw = item.partition("=")
+        *path, leaf = key.strip().split(".")
+        here = data
+        try:
+            for part in path:
+                here = here[part]
+            value, wanted = here[leaf], json.loads(raw)
+        except (KeyError, TypeError, ValueError):
+            raise SystemExit(f"ecomatch train: error: --set {item}: not a config field with a JSON value") from None
+        if value == wanted:
+            continue
+        if key.strip() != "image.image_size":
+            raise SystemExit(f"ecomatch train: error: --set {item}: with --init only image.image_size can change "
+                             f"(the checkpoint has {key.strip()}={json.dumps(value)})")
+        size = wanted
+    if size is None:
+        return model
+    try:
+        apply_overrides(model.cfg, [f"image.image_size={json.dumps(size)}"])
+    except ValueError as e:
+        raise SystemExit(f"ecomatch train: error: --set image.image_size: {e}") from None
+    return resize_image_input(model, size)
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     from .evaluate import build_eval_set, calibrate
     from .recipe import data_globs, dump_recipe, synthetic_listings
@@ -103,6 +134,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     if not args.out:
         raise SystemExit("ecomatch train: error: no output directory: give --out DIR or a --recipe with out")
     init = load_checkpoint(resolve_model_path(args.init)) if args.init else None    # before the data: fail fast
+    if init is not None and args.set:
+        init.model = _resized_init(init.model, args.set)
     parts = [read_listings(d, limit=args.limit) for d in globs]
     synthetic = synthetic_listings(args.synthetic_seeds, args.synthetic_n)
     listings = concat_listings(parts + [synthetic])

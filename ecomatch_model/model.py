@@ -294,6 +294,25 @@ def pad_hidden(model: DualMatcher, multiple: int = 8) -> DualMatcher:
     return model
 
 
+def resize_image_input(model: DualMatcher, image_size: int) -> DualMatcher:
+    """A copy of a trained ``model`` that reads ``image_size`` photos: every weight is kept
+    (the stem is convolutional, the blocks see tokens) except the image tower's position
+    embeddings, resampled bicubically to the new grid. A start for fine-tuning at a sharper
+    input, not a model to score with as it is."""
+    data = model.cfg.to_json()
+    data["image"]["image_size"] = image_size
+    if image_size != model.cfg.image.image_size:
+        data["name"] = f"{model.cfg.name}[image_size={image_size}]"
+    cfg = ModelConfig.from_json(data)
+    out = copy.deepcopy(model)
+    out.cfg = cfg
+    g, g2, d = model.cfg.image.grid, cfg.image.grid, model.cfg.image.width
+    pos = model.image.pos.detach().reshape(1, g, g, d).permute(0, 3, 1, 2)
+    pos = F.interpolate(pos, size=(g2, g2), mode="bicubic", align_corners=False)
+    out.image.pos = nn.Parameter(pos.permute(0, 2, 3, 1).reshape(1, g2 * g2, d).contiguous())
+    return out
+
+
 def align_for_gpu(model: DualMatcher) -> DualMatcher:
     """The layout changes :func:`for_inference` makes on CUDA: MLP widths padded to
     multiples of 8 (:func:`pad_hidden`) and the stem's convolutions in NHWC, which cuDNN runs

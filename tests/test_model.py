@@ -3,7 +3,7 @@ import torch
 
 from ecomatch_model.checkpoint import build_model
 from ecomatch_model.config import get_config
-from ecomatch_model.model import count_parameters, prunable_channels
+from ecomatch_model.model import count_parameters, prunable_channels, resize_image_input
 from ecomatch_model.prune import prune_model
 from ecomatch_model.text import TextEncoder
 
@@ -117,3 +117,26 @@ def test_config_overrides_for_ablations():
     assert cfg.name == "base[compression=1,image.depth=2]"
     with pytest.raises(ValueError, match="unknown config field 'image.dropout'"):
         apply_overrides(get_config("base"), ["image.dropout=0.1"])
+
+
+def test_resize_image_input_keeps_the_weights_and_resamples_positions(tiny_ckpt, tmp_path):
+    from ecomatch_model.checkpoint import load_checkpoint, save
+    m = tiny_ckpt.model
+    with torch.no_grad():                       # a position embedding that is linear in x
+        g, d = m.cfg.image.grid, m.cfg.image.width
+        ramp = torch.linspace(-1, 1, g).view(1, 1, g, 1).expand(1, g, g, d)
+        m.image.pos.copy_(ramp.reshape(1, g * g, d))
+    big = resize_image_input(m, 128)            # 96 -> 128 pixels: a 12x12 -> 16x16 grid
+    assert big.cfg.image.image_size == 128 and big.cfg.image.grid == 16 and "128" in big.cfg.name
+    assert m.cfg.image.image_size == 96 and m.image.pos.shape[1] == 144          # the original is untouched
+    pos = big.image.pos.detach().reshape(16, 16, d)
+    assert torch.allclose(pos[:, 0], pos[:, 0, :1].expand(16, d)) and pos[0, 0, 0] < pos[0, 8, 0] < pos[0, 15, 0]
+    same = {k for k, v in m.state_dict().items() if k != "image.pos" and torch.equal(v, big.state_dict()[k])}
+    assert same == set(m.state_dict()) - {"image.pos"}
+    pixels, _, t = _batch(tiny_ckpt, TITLES)
+    out = big.eval()(torch.randn(4, 3, 128, 128), *t)
+    assert out.attention.shape[-2:] == (16, 16)
+    tiny_ckpt.model = big                       # it saves and loads as a model of its own shape
+    save(tiny_ckpt, str(tmp_path / "m"))
+    back = load_checkpoint(str(tmp_path / "m"))
+    assert back.model.cfg.image.image_size == 128 and torch.equal(back.model.image.pos, big.image.pos)

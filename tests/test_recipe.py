@@ -71,12 +71,14 @@ max_eval = 40
         if key not in ("data", "description"):
             assert getattr(again, key) == getattr(first, key), key
     assert data_globs(again.recipe_values["data"], again.data_root) == used["data"]
-    # The written recipe as a fine-tuning stage: init and a loss weight from the command line.
+    # The written recipe as a fine-tuning stage: init, a loss weight and a sharper input from the
+    # command line (the recipe's own overrides repeat the checkpoint's values, so they pass).
     tuned = tmp_path / "tuned"
     assert main(["train", "--recipe", str(out / "recipe.toml"), "--init", str(out), "--out", str(tuned),
-                 "--image-negatives", "1.0"]) == 0
+                 "--image-negatives", "1.0", "--set", "image.image_size=128"]) == 0
     after = load_checkpoint(str(tuned))
-    assert after.model.cfg == cfg and after.vocab.to_json() == ckpt.vocab.to_json()
+    assert after.model.cfg.image.image_size == 128 and after.vocab.to_json() == ckpt.vocab.to_json()
+    assert after.model.cfg.to_json()["text"] == cfg.to_json()["text"] and after.model.cfg.compression == 2
     assert [r["image_bce"] > 0 for r in map(json.loads, open(tuned / "train_log.jsonl"))] == [True]
 
 
@@ -124,6 +126,21 @@ def test_a_missing_recipe_is_refused_naming_the_file(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["train", "--recipe", str(tmp_path / "nope.toml")])
     assert capsys.readouterr().err.startswith(f"ecomatch train: error: {tmp_path / 'nope.toml'}: ")
+
+
+@pytest.mark.parametrize("flag, what", [
+    ("compression=1", "only image.image_size can change (the checkpoint has compression=4)"),
+    ("image.width=64", "only image.image_size can change"),
+    ("image.image_size=100", "image.image_size must be a multiple of image.patch"),
+    ("image.nope=3", "not a config field"),
+])
+def test_init_refuses_overrides_that_change_the_checkpoints_shape(tmp_path, tiny_ckpt, capsys, flag, what):
+    from ecomatch_model.checkpoint import save
+    save(tiny_ckpt, str(tmp_path / "m"))
+    with pytest.raises(SystemExit, match="ecomatch train: error: --set") as exc:
+        main(["train", "--init", str(tmp_path / "m"), "--data", str(tmp_path / "none*.parquet"),
+              "--out", str(tmp_path / "o"), "--set", flag])
+    assert what in str(exc.value) and not (tmp_path / "o").exists()
 
 
 def test_train_without_data_or_out_says_so(tmp_path):
