@@ -634,7 +634,8 @@ def _add_train_parser(sub, recipe: dict | None = None) -> argparse.ArgumentParse
     s.add_argument("--attribute-columns", default=None, help="column=kind,... (default: the catalogue's)")
     s.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config field for an ablation, e.g. compression=1 or image.depth=2 "
-                        "(added after the recipe's)")
+                        "(added after the recipe's); with --init only image.image_size=N may differ "
+                        "from the checkpoint")
     recipe = recipe or {}
     # --data is left out: a command-line --data replaces the recipe's globs instead of adding to them.
     s.set_defaults(fn=cmd_train, recipe_values=recipe,
