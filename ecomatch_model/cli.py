@@ -116,10 +116,9 @@ def _resized_init(model, overrides: list[str]):
     if size is None:
         return model
     try:
-        apply_overrides(model.cfg, [f"image.image_size={json.dumps(size)}"])
+        return resize_image_input(model, size)       # the new config is checked as it is built
     except ValueError as e:
         raise SystemExit(f"ecomatch train: error: --set image.image_size: {e}") from None
-    return resize_image_input(model, size)
 
 
 def cmd_train(args: argparse.Namespace) -> int:

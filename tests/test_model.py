@@ -133,7 +133,7 @@ def test_resize_image_input_keeps_the_weights_and_resamples_positions(tiny_ckpt,
     assert torch.allclose(pos[:, 0], pos[:, 0, :1].expand(16, d)) and pos[0, 0, 0] < pos[0, 8, 0] < pos[0, 15, 0]
     same = {k for k, v in m.state_dict().items() if k != "image.pos" and torch.equal(v, big.state_dict()[k])}
     assert same == set(m.state_dict()) - {"image.pos"}
-    pixels, _, t = _batch(tiny_ckpt, TITLES)
+    _, _, t = _batch(tiny_ckpt, TITLES)
     out = big.eval()(torch.randn(4, 3, 128, 128), *t)
     assert out.attention.shape[-2:] == (16, 16)
     tiny_ckpt.model = big                       # it saves and loads as a model of its own shape
